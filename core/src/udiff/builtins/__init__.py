@@ -1,0 +1,1 @@
+"""udiff's own components, registered as ordinary (``trylast``) plugins."""

@@ -1,0 +1,49 @@
+"""Built-in ``label`` conditioner: one embedding per label plus a null label for guidance."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from udiff.components import Conditioning
+from udiff.hookspecs import hookimpl
+
+
+class LabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int | None = Field(None, gt=0, description="Embedding width D; None follows the "
+                            "denoiser's cond_dim.")
+    tokens: int = Field(1, ge=1, le=77, description="Tokens L per label for cross-attention.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Probability of replacing a label by the "
+                           "null label while training (classifier-free guidance).")
+
+
+class LabelConditioner(nn.Module):
+    def __init__(self, num_labels: int, dim: int, tokens: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.num_labels, self.dim, self.tokens, self.dropout = num_labels, dim, tokens, dropout
+        self.null_label = num_labels  # the extra, last row
+        self.embedding = nn.Embedding(num_labels + 1, dim * tokens)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, labels: torch.Tensor) -> Conditioning:  # labels: [B] long
+        if self.training and self.dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        tokens = self.embedding(labels).view(-1, self.tokens, self.dim)  # [B, L, D]
+        return Conditioning(tokens=tokens, pooled=tokens.mean(dim=1))  # pooled: [B, D]
+
+    def null(self, batch: int, device=None) -> torch.Tensor:
+        return torch.full((batch,), self.null_label, dtype=torch.long, device=device)
+
+
+def build(config: LabelConfig, context) -> LabelConditioner:
+    dim = config.dim or context.cond_dim
+    return LabelConditioner(context.num_labels, dim, config.tokens, config.dropout)
+
+
+@hookimpl(trylast=True)
+def register_conditioners(register):
+    register("label", LabelConfig, build)

@@ -1,0 +1,68 @@
+"""Built-in noise-prediction schedulers ``ddpm``, ``ddim`` and ``dpm++`` (diffusers).
+
+All three share one training side (DDPM forward process, epsilon or v target); they differ only
+in how they sample, so a run trained with any of them can be sampled with any other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from pydantic import BaseModel, ConfigDict, Field
+
+from udiff.hookspecs import hookimpl
+from udiff.schedulers import Scheduler
+
+
+class NoiseScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_train_timesteps: int = Field(1000, ge=2, description="Diffusion steps of the forward process.")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
+        "linear", description="Noise schedule (DDPM's linear by default).")
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="First beta of the schedule.")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="Last beta of the schedule.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="What the denoiser predicts.")
+
+
+class NoiseScheduler(Scheduler):
+    family = "noise"
+
+    def __init__(self, config: NoiseScheduleConfig, sampler_cls, **sampler_kwargs) -> None:
+        common = config.model_dump()
+        # clip_sample would clip *latents* to [-1, 1]: wrong for latent diffusion.
+        extra = {"clip_sample": False} if sampler_cls in (DDPMScheduler, DDIMScheduler) else {}
+        super().__init__(config, sampler_cls(**common, **extra, **sampler_kwargs))
+        self._train = DDPMScheduler(**common, clip_sample=False)
+
+    def sample_timesteps(self, n, device, generator=None):
+        return torch.randint(0, self.config.num_train_timesteps, (n,), generator=generator,
+                             device="cpu").to(device)
+
+    def add_noise(self, latents, noise, timesteps):
+        return self._train.add_noise(latents, noise, timesteps)
+
+    def target(self, latents, noise, timesteps):
+        if self.config.prediction_type == "epsilon":
+            return noise
+        return self._train.get_velocity(latents, noise, timesteps)
+
+
+SAMPLERS = {
+    "ddpm": (DDPMScheduler, {}),
+    # DDIM's "leading" spacing never visits t=999 for few steps; "trailing" starts at pure noise.
+    "ddim": (DDIMScheduler, {"timestep_spacing": "trailing", "set_alpha_to_one": False}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                            "timestep_spacing": "trailing"}),
+}
+
+
+@hookimpl(trylast=True)
+def register_schedulers(register):
+    for name, (cls, kwargs) in SAMPLERS.items():
+        register(name, NoiseScheduleConfig,
+                 lambda config, context, _cls=cls, _kw=kwargs: NoiseScheduler(config, _cls, **_kw),
+                 family="noise")

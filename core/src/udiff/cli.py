@@ -1,0 +1,216 @@
+"""The ``udiff`` command. User errors print one line and exit 2; Ctrl-C exits 130."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .errors import UdiffError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        raise UdiffError(f"{self.prog}: {message}")
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import registry
+
+    records = registry().plugins(include_builtins=args.all)
+    if args.json:
+        print(json.dumps([r.as_json() for r in records], indent=2))
+        return 0
+    for r in records:
+        provides = "; ".join(f"{role}: {', '.join(n)}" for role, n in r.provides.items())
+        status = f"ERROR {r.error}" if r.error else provides
+        print(f"{r.name} {r.version or ''}  {status}")
+    if not records:
+        print("no plugins installed (udiff plugins --all shows the built-ins)")
+    return 0
+
+
+def overrides_from(args) -> dict[str, Any]:
+    """Only the flags the user gave; they win over the config file."""
+    o: dict[str, Any] = {}
+
+    def put(section: str, key: str, value):
+        if value is not None:
+            o.setdefault(section, {})[key] = value
+
+    put("data", "source", getattr(args, "data", None))
+    put("data", "image_size", getattr(args, "image_size", None))
+    if args.backbone:
+        o["denoiser"] = {"name": args.backbone, "preset": args.preset}
+    elif args.preset:
+        put("denoiser", "preset", args.preset)
+    if args.scheduler:
+        o["scheduler"] = {"name": args.scheduler}
+    put("autoencoder", "preset", getattr(args, "autoencoder_preset", None))
+    put("autoencoder", "from_run", getattr(args, "autoencoder", None))
+    for flag in ("max_steps", "autoencoder_steps", "seed", "batch_size", "lr", "mixed_precision",
+                 "attention", "device"):
+        put("training", flag, getattr(args, flag, None))
+    if getattr(args, "gradient_checkpointing", False):
+        put("training", "gradient_checkpointing", True)
+    return o
+
+
+def resolve_config(args, defaults: dict | None = None):
+    from .config import resolve, read_file
+
+    o = overrides_from(args)
+    if args.config and "denoiser" in o:
+        # Switching backbone keeps the file's other lines but not the old backbone's options.
+        file_den = read_file(args.config).get("denoiser", {})
+        if file_den.get("name") not in (None, o["denoiser"].get("name")):
+            o["denoiser"].setdefault("options", {})
+    return resolve(args.config, o, defaults)
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    cfg = resolve_config(args)
+    out = train(cfg, args.out, overwrite=args.overwrite)
+    print(f"trained run written to {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import describe
+
+    cfg = resolve_config(args, defaults={"data": {"image_size": 256, "channels": 3},
+                                         "autoencoder": {"name": "kl", "preset": "sd"}})
+    info = describe(cfg, args.labels)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:>20}: {v:,}" if isinstance(v, int) else f"{k:>20}: {v}")
+    return 0
+
+
+def parse_labels(text: str, names: list[str]) -> list[int]:
+    out = []
+    for tok in (t.strip() for t in text.split(",") if t.strip()):
+        if tok.lstrip("-").isdigit():
+            out.append(int(tok))
+        elif tok in names:
+            out.append(names.index(tok))
+        else:
+            raise UdiffError(f"--labels: {tok!r} is neither a label index nor a label name")
+    if not out:
+        raise UdiffError("--labels: give at least one label, e.g. --labels 0,3")
+    return out
+
+
+def cmd_sample(args) -> int:
+    from pathlib import Path
+
+    from .images import grid
+    from .sampling import load
+
+    pipe = load(args.run_dir, device=args.device)
+    labels = parse_labels(args.labels, pipe.label_names) if args.labels else list(
+        range(len(pipe.label_names)))
+    images, _ = pipe.sample_tensor(labels, args.per_label, args.steps, args.guidance, args.seed,
+                                   args.scheduler, progress=True)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UdiffError(f"--out {out}: must be a .png file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, rows=len(labels)).save(out)
+    print(f"wrote {len(images)} samples to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run
+
+    m = run(args.backbone, args.out, preset=args.preset, seed=args.seed,
+            overwrite=args.overwrite)
+    print(json.dumps({k: m[k] for k in ("backbone", "label_accuracy", "reference_accuracy",
+                                        "wall_seconds")}))
+    print(f"samples: {args.out}/samples.png  metrics: {args.out}/metrics.json")
+    return 0
+
+
+def common_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="denoiser name (e.g. unet, dit, flux)")
+    p.add_argument("--preset", help="denoiser preset (e.g. tiny, small, sd15)")
+    p.add_argument("--scheduler", help="training scheduler/objective (default: the backbone's)")
+    p.add_argument("--config", help="TOML or JSON run config; flags override it")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--autoencoder-preset")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="udiff", description="Pluggable latent diffusion.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("plugins", help="list installed plugins")
+    s.add_argument("--all", action="store_true", help="include built-ins")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("train", help="train autoencoder + denoiser into a run directory")
+    s.add_argument("--data", help="'digits' or a folder with one sub-folder per label")
+    common_train_flags(s)
+    s.add_argument("--max-steps", type=int, help="denoiser optimizer steps")
+    s.add_argument("--autoencoder-steps", type=int, help="stage-1 steps")
+    s.add_argument("--autoencoder", metavar="RUN_DIR", help="reuse this run's autoencoder")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    s.add_argument("--gradient-checkpointing", action="store_true")
+    s.add_argument("--attention", choices=["sdpa", "xformers"])
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--seed", type=int)
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")
+    common_train_flags(s)
+    s.add_argument("--labels", type=int, default=1000, help="number of labels (default 1000)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("sample", help="sample a PNG grid (a row per label) from a run")
+    s.add_argument("run_dir")
+    s.add_argument("--labels", help="comma-separated indices or names (default: all)")
+    s.add_argument("--per-label", type=int, default=8)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--scheduler", help="sampler (default: the training scheduler)")
+    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True, help="output .png")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("demo", help="train, sample and evaluate on the embedded digits")
+    s.add_argument("--backbone", default="unet")
+    s.add_argument("--preset", default="small")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UdiffError as e:
+        print(f"udiff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("udiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The run configuration: one readable TOML file per run, validated by pydantic.
+
+Two runs that differ only in backbone share this file except the ``[denoiser]`` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UdiffError, describe_validation
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentChoice(Strict):
+    name: str = Field(description="Registered component name.")
+    preset: str | None = Field(None, description="Named preset of the component.")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Overrides of the component's config fields.")
+
+
+class AutoencoderChoice(ComponentChoice):
+    from_run: str | None = Field(None, description="Reuse the trained autoencoder of this run "
+                                 "directory instead of training stage 1.")
+
+
+class DataConfig(Strict):
+    source: str = Field("digits", description="'digits' (embedded) or a folder of label folders.")
+    image_size: int = Field(16, ge=8, le=2048, description="Side of the square training images.")
+    channels: Literal[1, 3] | None = Field(None, description="1 or 3; default 1 for digits, 3 "
+                                           "for folders.")
+
+
+class TrainingConfig(Strict):
+    max_steps: int = Field(1000, ge=0, description="Denoiser optimizer steps (stage 2).")
+    autoencoder_steps: int = Field(600, ge=0, description="Autoencoder optimizer steps (stage 1).")
+    batch_size: int = Field(64, ge=1, description="Denoiser batch per optimizer step.")
+    autoencoder_batch_size: int = Field(64, ge=1, description="Stage-1 batch size.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Denoiser AdamW learning rate.")
+    autoencoder_lr: float = Field(2e-3, gt=0, le=1, description="Stage-1 AdamW learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the denoiser; 0 = off.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate's "
+                                                           "mixed precision.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    attention: Literal["sdpa", "xformers"] = Field("sdpa", description="Attention backend.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    seed: int = Field(0, description="Seed of weights, data order and noise.")
+
+
+class SamplingConfig(Strict):
+    scheduler: str | None = Field(None, description="Sampler; default: the training scheduler.")
+    steps: int = Field(50, ge=1, le=1000, description="Sampling steps.")
+    guidance: float = Field(3.0, ge=0, description="Classifier-free guidance scale (1 = off).")
+
+
+class TrainConfig(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    autoencoder: AutoencoderChoice = Field(default_factory=lambda: AutoencoderChoice(
+        name="kl", preset="tiny"))
+    denoiser: ComponentChoice = Field(default_factory=lambda: ComponentChoice(name="unet"))
+    scheduler: ComponentChoice | None = Field(None, description="Default: the denoiser's.")
+    conditioner: ComponentChoice = Field(default_factory=lambda: ComponentChoice(name="label"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UdiffError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UdiffError(f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(file: str | Path | None = None, overrides: dict | None = None,
+            defaults: dict | None = None) -> TrainConfig:
+    """defaults < config file < command-line overrides; errors name the field."""
+    values = merge(defaults or {}, read_file(file) if file else {})
+    values = merge(values, overrides or {})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        raise UdiffError("config: " + describe_validation("", e)) from None
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,108 @@
+"""Labelled image sets: the embedded digits, or a folder with one sub-folder per label."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UdiffError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MAX_PIXELS = 64_000_000  # decode bound: refuse decompression bombs instead of exhausting memory
+
+
+@dataclass
+class LabelledImages:
+    images: torch.Tensor  # [N, C, S, S] float32 in [-1, 1]
+    labels: torch.Tensor  # [N] long
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def split(self, holdout: float, seed: int) -> tuple["LabelledImages", "LabelledImages"]:
+        """A seeded, per-label stratified split: (train, held-out)."""
+        rng = np.random.default_rng(seed)
+        test = []
+        for k in range(len(self.label_names)):
+            idx = np.flatnonzero(self.labels.numpy() == k)
+            rng.shuffle(idx)
+            test.extend(idx[: max(1, int(round(len(idx) * holdout)))])
+        mask = np.zeros(len(self), bool)
+        mask[test] = True
+        pick = lambda m: LabelledImages(self.images[torch.from_numpy(m)],  # noqa: E731
+                                        self.labels[torch.from_numpy(m)], self.label_names)
+        return pick(~mask), pick(mask)
+
+
+def load(source: str, image_size: int, channels: int | None = None) -> LabelledImages:
+    if source == "digits":
+        return load_digits(image_size)
+    return load_folder(Path(source), image_size, channels or 3)
+
+
+def load_digits(image_size: int) -> LabelledImages:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 labels; no download)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.from_numpy(d.images).float().unsqueeze(1) / 16.0  # [N, 1, 8, 8] in [0, 1]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return LabelledImages(x.clamp(0, 1) * 2 - 1, torch.from_numpy(d.target).long(),
+                          [str(n) for n in d.target_names])
+
+
+def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
+    if not root.exists():
+        raise UdiffError(f"--data {root}: no such folder (or use --data digits)")
+    if not root.is_dir():
+        raise UdiffError(f"--data {root}: not a folder of label folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UdiffError(f"--data {root}: no label sub-folders (expected one folder per label)")
+    images, labels, names = [], [], []
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+        if not files:
+            # Refusing would make one stray folder block a run; skip it, loudly.
+            warnings.warn(f"label folder {folder} holds no images; skipped", stacklevel=2)
+            continue
+        for f in files:
+            images.append(read_image(f, image_size, channels))
+            labels.append(len(names))
+        names.append(folder.name)
+    if not names:
+        raise UdiffError(f"--data {root}: no images ({', '.join(sorted(EXTENSIONS))}) in any "
+                         "label folder")
+    return LabelledImages(torch.stack(images), torch.tensor(labels), names)
+
+
+def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
+    """Decode, convert any mode to L/RGB, resize the short side and center-crop: [C, S, S]."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UdiffError(f"image {path} is {im.width}x{im.height}: over the decode bound "
+                                 f"of {MAX_PIXELS:,} pixels")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                im = im.point(lambda v: v / 256).convert("L")  # 16-bit grey to 8-bit
+            im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im
+            im = im.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UdiffError(f"cannot read image {path}: {str(e).splitlines()[0] or type(e).__name__}")
+    scale = image_size / min(im.size)
+    w, h = max(image_size, round(im.width * scale)), max(image_size, round(im.height * scale))
+    im = im.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - image_size) // 2, (h - image_size) // 2
+    im = im.crop((left, top, left + image_size, top + image_size))
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))

@@ -1,0 +1,49 @@
+"""Size and cost of a configuration, computed on the meta device (no weights are allocated)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import plugins
+from .components import Context
+from .config import TrainConfig
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe(cfg: TrainConfig, num_labels: int) -> dict:
+    """``params`` (denoiser + conditioner), ``denoiser_params`` and ``macs_per_forward``
+    (batch 1, one denoiser forward; FLOPs / 2 as torch.utils.flop_counter counts them)."""
+    size = cfg.data.image_size
+    ctx = Context(image_channels=cfg.data.channels or 3, image_size=size, num_labels=num_labels)
+
+    def build(role, choice, context):
+        comp = plugins.get(role, choice.name)
+        return comp.build(comp.make_config(choice.preset, choice.options), context)
+
+    with torch.device("meta"):
+        ae = build("autoencoder", cfg.autoencoder, ctx)
+        ctx = Context(**{**ctx.__dict__, "latent_channels": ae.latent_channels,
+                         "latent_size": size // ae.downsample})
+        denoiser = build("denoiser", cfg.denoiser, ctx)
+        ctx = Context(**{**ctx.__dict__, "cond_dim": denoiser.cond_dim})
+        conditioner = build("conditioner", cfg.conditioner, ctx).eval()
+        x = torch.zeros(1, ctx.latent_channels, ctx.latent_size, ctx.latent_size)
+        t = torch.zeros(1, dtype=torch.long)
+        labels = torch.zeros(1, dtype=torch.long)
+        cond = conditioner(labels)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            denoiser.eval()(x, t, cond)
+    dp = count(denoiser)
+    return {
+        "backbone": cfg.denoiser.name, "preset": cfg.denoiser.preset,
+        "image_size": size, "latent_shape": [ctx.latent_channels, ctx.latent_size,
+                                             ctx.latent_size],
+        "labels": num_labels, "params": dp + count(conditioner), "denoiser_params": dp,
+        "conditioner_params": count(conditioner),
+        "macs_per_forward": counter.get_total_flops() // 2,
+    }

@@ -1,0 +1,317 @@
+"""The one training loop every backbone goes through (accelerate).
+
+Stage 1 trains the autoencoder (or reuses another run's); its latents are encoded once and cached;
+stage 2 trains conditioner + denoiser on the cached latents with the scheduler's objective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+import udiff
+
+from . import data as datasets
+from . import plugins
+from .checkpoint import RUN_FILE, component_of, load_component, save_component, write_json
+from .components import Context
+from .config import ComponentChoice, TrainConfig, to_toml
+from .errors import UdiffError
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warm-up of the decay."""
+
+    def __init__(self, params: list[nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = [p.detach().clone().float() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[nn.Parameter], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, params: list[nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))
+
+
+@dataclass
+class Models:
+    """What stage 2 trains and samples with (the run's components, built and configured)."""
+
+    autoencoder: nn.Module
+    denoiser: nn.Module
+    conditioner: nn.Module
+    scheduler: object
+    context: Context
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out holding anything unless --overwrite; never delete the user's files."""
+    if out.exists() and not out.is_dir():
+        raise UdiffError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            what = "a run" if (out / "config.toml").exists() else "files"
+            raise UdiffError(f"--out {out} already holds {what}; choose a new --out or pass "
+                             "--overwrite")
+        (out / RUN_FILE).unlink(missing_ok=True)  # the old run is no longer complete
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    t = cfg.training
+    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise UdiffError("training.device = 'cuda' but no CUDA device is available")
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision,
+                           gradient_accumulation_steps=t.gradient_accumulation_steps)
+    except (ValueError, RuntimeError) as e:
+        raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
+
+
+def set_attention(module: nn.Module, backend: str) -> None:
+    """SDPA is diffusers'/timm's default; xformers is opt-in and must really work."""
+    if backend == "sdpa":
+        return
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception as e:
+        raise UdiffError(f"attention 'xformers' needs the extra: pip install 'udiff-core[xformers]'"
+                         f" ({type(e).__name__}: {e})") from None
+    hook = getattr(module, "set_attention_backend", None)
+    if hook is not None:
+        return hook(backend)
+    targets = [m for m in module.modules() if hasattr(m, "enable_xformers_memory_efficient_attention")]
+    if not targets:
+        raise UdiffError(f"{type(module).__name__} has no xformers attention path")
+    try:
+        targets[0].enable_xformers_memory_efficient_attention()
+    except Exception as e:
+        raise UdiffError(f"xformers is installed but does not work here: {e}") from None
+
+
+def infinite(loader):
+    while True:
+        yield from loader
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, overwrite: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.overwrite = overwrite
+        self.log_path = self.out / "log.jsonl"
+
+    def log(self, **row) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not (self.progress and
+                                                         self.accelerator.is_main_process))
+
+    # -- components ------------------------------------------------------------------------
+    def build(self, role: str, choice, context: Context):
+        comp = plugins.get(role, choice.name)
+        config = comp.make_config(choice.preset, choice.options)
+        return comp, config, comp.build(config, context)
+
+    def scheduler_choice(self):
+        if self.cfg.scheduler is not None:
+            return self.cfg.scheduler
+        den = plugins.get("denoiser", self.cfg.denoiser.name)
+        return ComponentChoice(name=den.meta.get("default_scheduler", "ddpm"))
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        # Resolve every component and the data before touching --out: bad input loses nothing.
+        for role in ("autoencoder", "denoiser", "conditioner"):
+            choice = getattr(cfg, role)
+            plugins.get(role, choice.name).make_config(choice.preset, choice.options)
+        sched_choice = self.scheduler_choice()
+        sched_comp = plugins.get("scheduler", sched_choice.name)
+        sched_cfg = sched_comp.make_config(sched_choice.preset, sched_choice.options)
+        data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
+        prepare_out(self.out, self.overwrite)
+        self.accelerator = make_accelerator(cfg)
+        start = time.time()
+        set_seed(cfg.training.seed)
+        (self.out / "config.toml").write_text(to_toml(cfg))
+
+        ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
+                      num_labels=len(data.label_names))
+        autoencoder, ae_comp, ae_cfg, scaling = self.stage1(data, ctx)
+        ctx = Context(**{**ctx.__dict__, "latent_channels": autoencoder.latent_channels,
+                         "latent_size": cfg.data.image_size // autoencoder.downsample})
+        latents = self.encode(autoencoder, data.images)
+        # SD's scaling_factor: latents of unit variance for the diffusion schedule.
+        scaling = scaling or float(1.0 / latents.std())
+        latents = latents * scaling
+        save_component(self.out / "autoencoder", ae_comp, ae_cfg, autoencoder,
+                       scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
+        if self.accelerator.is_main_process:
+            safetensors.torch.save_file({"latents": latents.contiguous()},
+                                        str(self.out / "latents.safetensors"))
+
+        set_seed(cfg.training.seed + 1)
+        den_comp, den_cfg, denoiser = self.build("denoiser", cfg.denoiser, ctx)
+        cond_dim = getattr(denoiser, "cond_dim", None)
+        if not isinstance(cond_dim, int):
+            raise UdiffError(f"denoiser {den_comp.name!r} (plugin {den_comp.plugin}) does not "
+                             "expose an int `cond_dim` attribute")
+        ctx = Context(**{**ctx.__dict__, "cond_dim": cond_dim})
+        cond_comp, cond_cfg, conditioner = self.build("conditioner", cfg.conditioner, ctx)
+        scheduler = sched_comp.build(sched_cfg, ctx)
+        models = Models(autoencoder, denoiser, conditioner, scheduler, ctx)
+        self.stage2(models, latents, data.labels)
+
+        save_component(self.out / "denoiser", den_comp, den_cfg, denoiser,
+                       preset=cfg.denoiser.preset, ema=cfg.training.ema_decay > 0)
+        save_component(self.out / "conditioner", cond_comp, cond_cfg, conditioner,
+                       labels=data.label_names)
+        save_component(self.out / "scheduler", sched_comp, sched_cfg, None)
+        write_json(self.out / RUN_FILE, {
+            "udiff_version": udiff.__version__, "labels": data.label_names,
+            "context": ctx.__dict__ | {"cond_dim": 0}, "wall_seconds": time.time() - start,
+        })
+        return self.out
+
+    def stage1(self, data: datasets.LabelledImages, ctx: Context):
+        """The autoencoder, its (component, config), and its scaling factor if already known."""
+        cfg, acc = self.cfg, self.accelerator
+        choice = cfg.autoencoder
+        if choice.from_run:
+            folder = Path(choice.from_run) / "autoencoder"
+            comp, config, meta = component_of(folder, "autoencoder")
+            autoencoder, _ = load_component(folder, "autoencoder", ctx)
+            self.check_latent_grid(autoencoder)
+            return autoencoder.to(acc.device).eval(), comp, config, meta["scaling_factor"]
+        comp, config, autoencoder = self.build("autoencoder", choice, ctx)
+        self.check_latent_grid(autoencoder)
+        t = cfg.training
+        opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(data.images), batch_size=t.autoencoder_batch_size,
+            shuffle=True, drop_last=len(data) > t.autoencoder_batch_size,
+            generator=torch.Generator().manual_seed(t.seed))
+        autoencoder, opt, loader = acc.prepare(autoencoder, opt, loader)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, t.autoencoder_steps))
+        batches = infinite(loader)
+        autoencoder.train()
+        with self.bar(t.autoencoder_steps, "stage 1: autoencoder") as bar:
+            for step in range(t.autoencoder_steps):
+                (images,) = next(batches)
+                with acc.autocast():
+                    loss, logs = acc.unwrap_model(autoencoder).loss(images)
+                acc.backward(loss)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if step % 50 == 0 or step == t.autoencoder_steps - 1:
+                    self.log(stage="autoencoder", step=step, loss=loss.item(), **logs)
+        return acc.unwrap_model(autoencoder).eval(), comp, config, None
+
+    def check_latent_grid(self, autoencoder: nn.Module) -> None:
+        size, f = self.cfg.data.image_size, autoencoder.downsample
+        if size % f:
+            raise UdiffError(f"data.image_size={size} must be a multiple of the autoencoder's "
+                             f"downsampling factor {f}")
+
+    @torch.no_grad()
+    def encode(self, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Every image encoded once: unscaled latents ``[N, c, h, w]`` on CPU."""
+        dev = self.accelerator.device
+        return torch.cat([autoencoder.encode(images[i:i + 256].to(dev)).float().cpu()
+                          for i in range(0, len(images), 256)])
+
+    def stage2(self, m: Models, latents: torch.Tensor, labels: torch.Tensor) -> None:
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
+        if t.gradient_checkpointing:
+            if not hasattr(m.denoiser, "enable_gradient_checkpointing"):
+                raise UdiffError(f"{type(m.denoiser).__name__} has no "
+                                 "enable_gradient_checkpointing()")
+            m.denoiser.enable_gradient_checkpointing()
+        set_attention(m.denoiser, t.attention)
+        params = [p for mod in (m.denoiser, m.conditioner) for p in mod.parameters()
+                  if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        warm = max(1, t.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(latents, labels), batch_size=t.batch_size,
+            shuffle=True, drop_last=len(labels) > t.batch_size,
+            generator=torch.Generator().manual_seed(t.seed + 2))
+        denoiser, conditioner, opt, loader, sched = acc.prepare(m.denoiser, m.conditioner, opt,
+                                                                loader, sched)
+        ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
+        denoiser.train()
+        conditioner.train()
+        batches = infinite(loader)
+        step, micro = 0, 0
+        with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
+            while step < t.max_steps:
+                x0, y = next(batches)
+                with acc.accumulate(denoiser, conditioner):
+                    loss = self.loss(denoiser, conditioner, m.scheduler, x0, y)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                micro += 1
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                if ema is not None:
+                    ema.update(params, step)
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if step % 50 == 0 or step == t.max_steps:
+                    self.log(stage="denoiser", step=step, loss=loss.item(),
+                             lr=sched.get_last_lr()[0])
+        if ema is not None:
+            ema.copy_to(params)
+        m.denoiser, m.conditioner = acc.unwrap_model(denoiser), acc.unwrap_model(conditioner)
+
+    @staticmethod
+    def loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor):
+        """Objective-agnostic: the scheduler supplies timesteps, noisy input and target."""
+        noise = torch.randn_like(x0)
+        ts = scheduler.sample_timesteps(len(x0), x0.device)
+        noisy = scheduler.add_noise(x0, noise, ts)
+        target = scheduler.target(x0, noise, ts)
+        pred = denoiser(noisy, ts, conditioner(y))[:, : x0.shape[1]]
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
+            dim=tuple(range(1, x0.ndim)))  # [B]
+        weight = scheduler.loss_weight(ts)
+        if weight is not None:
+            per_sample = per_sample * weight
+        loss = per_sample.mean()
+        if not math.isfinite(loss.item()):
+            raise UdiffError("training diverged: the loss is not finite (lower training.lr)")
+        return loss
+
+
+def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
+    return Trainer(cfg, out, overwrite, progress).run()
+

@@ -1,0 +1,81 @@
+"""The UNet denoiser: self-attention + cross-attention over the conditioner's tokens."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DConditionModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from udiff import Conditioning, Context
+
+
+class UNetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    block_out_channels: list[int] = Field([64, 128], min_length=1, description="Channels per "
+                                          "resolution level.")
+    layers_per_block: int = Field(1, ge=1, description="ResNet (+attention) layers per level.")
+    attention_levels: list[bool] | None = Field(None, description="Cross-attention per level; "
+                                                "default: every level but the lowest-resolution.")
+    cross_attention_dim: int = Field(128, ge=1, description="Width D of the conditioning tokens.")
+    attention_head_dim: int = Field(8, ge=1, description="Heads per attention layer (diffusers' "
+                                    "historical naming).")
+    norm_num_groups: int = Field(32, ge=1, description="GroupNorm groups.")
+    pooled_conditioning: bool = Field(True, description="Also add the pooled conditioning to the "
+                                      "timestep embedding (stronger label control).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.attention_levels is not None and len(self.attention_levels) != len(
+                self.block_out_channels):
+            raise ValueError("attention_levels needs one entry per block_out_channels entry")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide {bad}")
+        return self
+
+
+PRESETS = {
+    "tiny": {"block_out_channels": [32, 64], "cross_attention_dim": 64, "norm_num_groups": 16},
+    "small": {},
+    # Stable Diffusion 1.5's UNet: 859,520,964 parameters.
+    "sd15": {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+             "attention_levels": [True, True, True, False], "cross_attention_dim": 768,
+             "attention_head_dim": 8, "norm_num_groups": 32, "pooled_conditioning": False},
+}
+
+
+class UNetDenoiser(nn.Module):
+    """``forward(x [B, c, h, w], t [B], cond) -> [B, c, h, w]``."""
+
+    def __init__(self, config: UNetConfig, context: Context) -> None:
+        super().__init__()
+        n = len(config.block_out_channels)
+        levels = config.attention_levels or ([True] * (n - 1) + [False] if n > 1 else [True])
+        pooled = {"class_embed_type": "projection",
+                  "projection_class_embeddings_input_dim": config.cross_attention_dim}
+        self.unet = UNet2DConditionModel(
+            sample_size=context.latent_size or 64,
+            in_channels=context.latent_channels or 4, out_channels=context.latent_channels or 4,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D"
+                                 for a in reversed(levels)),
+            block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            cross_attention_dim=config.cross_attention_dim,
+            attention_head_dim=config.attention_head_dim, norm_num_groups=config.norm_num_groups,
+            **(pooled if config.pooled_conditioning else {}),
+        )
+        self.cond_dim = config.cross_attention_dim
+        self.pooled = config.pooled_conditioning
+
+    @classmethod
+    def from_config(cls, config: UNetConfig, context: Context) -> "UNetDenoiser":
+        return cls(config, context)
+
+    def forward(self, x, timesteps, cond: Conditioning):
+        return self.unet(x, timesteps, encoder_hidden_states=cond.tokens,
+                         class_labels=cond.pooled if self.pooled else None).sample
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
