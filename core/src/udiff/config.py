@@ -83,7 +83,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
         return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
-        raise UdiffError(f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: "
+        raise UdiffError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
                          f"{str(e).splitlines()[0]}") from None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import data as datasets
 from .checkpoint import write_json
-from .config import resolve
+from .config import merge, resolve
 from .evaluate import accuracy, train_reference
 from .images import grid
 from .sampling import load
@@ -29,8 +29,8 @@ def run(backbone: str = "unet", out: str | Path = "demo-run", preset: str | None
         overrides: dict | None = None) -> dict:
     start = time.time()
     out = Path(out)
-    cfg = resolve(None, {"denoiser": {"name": backbone, "preset": preset},
-                         "training": {"seed": seed}, **(overrides or {})}, defaults=DEMO)
+    cfg = resolve(None, merge({"denoiser": {"name": backbone, "preset": preset},
+                               "training": {"seed": seed}}, overrides or {}), defaults=DEMO)
     prepare_out(out, overwrite)
     run_dir = train(cfg, out / "run", overwrite=True, progress=progress)
     t_train = time.time() - start

@@ -36,7 +36,7 @@ def shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> to
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def train_reference(data: LabelledImages, seed: int = 0, epochs: int = 15,
+def train_reference(data: LabelledImages, seed: int = 0, epochs: int = 40,
                     progress: bool = True) -> tuple[ReferenceClassifier, float]:
     """Train on a stratified 80% and return the classifier with its held-out accuracy."""
     train, held = data.split(0.2, seed)

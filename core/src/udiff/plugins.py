@@ -127,7 +127,7 @@ class Registry:
             self._fail(record, e)
 
     def _fail(self, record: PluginRecord, e: BaseException) -> None:
-        record.error = f"{type(e).__name__}: {e}".splitlines()[0]
+        record.error = " ".join(f"{type(e).__name__}: {e}".split())  # one line
         record.provides = {}
         plugin = self.pm.get_plugin(record.name)
         if plugin is not None:

@@ -1,0 +1,134 @@
+"""Conformance check for plugin authors: call :func:`check_denoiser` from your own tests.
+
+    from udiff.testing import check_denoiser
+
+    def test_conformance():
+        check_denoiser("mybackbone")           # or a Component / a registered plugin object
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from . import plugins
+from .components import Context
+from .training import Trainer
+
+CONTEXT = Context(image_channels=1, image_size=16, latent_channels=4, latent_size=8, num_labels=3)
+
+
+def build(name: str, preset: str | None, context: Context, seed: int):
+    """The denoiser (seeded) and a label conditioner sized for it."""
+    comp = plugins.get("denoiser", name)
+    if preset is None and "tiny" in comp.presets:
+        preset = "tiny"
+    torch.manual_seed(seed)
+    denoiser = comp.build(comp.make_config(preset), context)
+    assert isinstance(denoiser, torch.nn.Module), "the factory must return a torch.nn.Module"
+    assert isinstance(getattr(denoiser, "cond_dim", None), int), "denoiser needs int `cond_dim`"
+    ctx = Context(**{**context.__dict__, "cond_dim": denoiser.cond_dim})
+    lab = plugins.get("conditioner", "label")
+    conditioner = lab.build(lab.make_config(options={"dropout": 0.0}), ctx)
+    return comp, preset, denoiser, conditioner
+
+
+def batch(context: Context, n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    c, s = context.latent_channels, context.latent_size
+    x = torch.randn(n, c, s, s, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    y = torch.randint(0, context.num_labels, (n,), generator=g)
+    return x, t, y
+
+
+def check_shape(denoiser, conditioner, context: Context) -> None:
+    x, t, y = batch(context)
+    out = denoiser(x, t, conditioner(y))
+    c = x.shape[1]
+    assert out.shape[0] == x.shape[0] and out.shape[2:] == x.shape[2:], (
+        f"prediction shape {tuple(out.shape)} does not match latents {tuple(x.shape)}")
+    assert out.shape[1] in (c, 2 * c), f"prediction has {out.shape[1]} channels, latents {c}"
+    assert torch.isfinite(out).all(), "prediction is not finite"
+
+
+def outputs(denoiser, conditioner, context: Context) -> torch.Tensor:
+    x, t, y = batch(context, seed=1)
+    with torch.no_grad():
+        return denoiser(x, t, conditioner(y))
+
+
+def check_determinism(name, preset, context) -> None:
+    a = build(name, preset, context, seed=123)
+    b = build(name, preset, context, seed=123)
+    for (ka, va), (kb, vb) in zip(a[2].state_dict().items(), b[2].state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), f"weights differ under one seed at {ka}"
+    a[2].eval()
+    b[2].eval()
+    assert torch.equal(outputs(a[2], a[3], context), outputs(b[2], b[3], context)), (
+        "outputs differ under one seed")
+
+
+def check_roundtrip(name, preset, denoiser, conditioner, context) -> None:
+    """safetensors save -> fresh build with another seed -> load -> identical outputs."""
+    denoiser.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        safetensors.torch.save_model(denoiser, str(path))
+        _, _, other, _ = build(name, preset, context, seed=999)
+        safetensors.torch.load_model(other, str(path))
+    other.eval()
+    assert torch.equal(outputs(denoiser, conditioner, context),
+                       outputs(other, conditioner, context)), "safetensors round trip changed outputs"
+
+
+def check_training(denoiser, conditioner, context, steps: int = 15) -> tuple[float, float]:
+    """A few AdamW steps on one fixed batch (fixed noise and timesteps) must lower the loss."""
+    sched_comp = plugins.get("scheduler", "ddpm")
+    scheduler = sched_comp.build(sched_comp.make_config(), context)
+    x, _, y = batch(context, n=8, seed=2)
+    params = list(denoiser.parameters()) + list(conditioner.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    denoiser.train()
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(7)  # the same noise and timesteps every step: a fixed batch
+        loss = Trainer.loss(denoiser, conditioner, scheduler, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], f"training did not lower the loss: {losses[0]} -> {losses[-1]}"
+    return losses[0], losses[-1]
+
+
+def check_gradient_checkpointing(name, preset, context) -> None:
+    _, _, plain, cond = build(name, preset, context, seed=5)
+    _, _, ckpt, _ = build(name, preset, context, seed=5)
+    assert hasattr(ckpt, "enable_gradient_checkpointing"), "no enable_gradient_checkpointing()"
+    ckpt.enable_gradient_checkpointing()
+    plain.train()
+    ckpt.train()
+    x, t, y = batch(context, seed=3)
+    a, b = plain(x, t, cond(y)), ckpt(x, t, cond(y))
+    torch.testing.assert_close(a, b, msg="gradient checkpointing changed the forward result")
+    a.square().mean().backward()
+    b.square().mean().backward()  # must run: checkpointed backward recomputes the forward
+
+
+def check_denoiser(name: str, preset: str | None = None, context: Context = CONTEXT) -> dict:
+    """Run every conformance check on the denoiser ``name``; raises AssertionError on failure."""
+    comp, preset, denoiser, conditioner = build(name, preset, context, seed=0)
+    check_shape(denoiser, conditioner, context)
+    check_determinism(name, preset, context)
+    check_roundtrip(name, preset, denoiser, conditioner, context)
+    first, last = check_training(denoiser, conditioner, context)
+    check_gradient_checkpointing(name, preset, context)
+    return {"component": comp.name, "plugin": comp.plugin, "preset": preset,
+            "loss_first": first, "loss_last": last}
+
+
+__all__ = ["CONTEXT", "check_denoiser"]

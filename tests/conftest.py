@@ -1,0 +1,82 @@
+"""Shared fixtures: run the CLI in-process, and install throwaway plugins through real entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from udiff import plugins
+from udiff.cli import main
+
+TINY = ["--preset", "tiny", "--autoencoder-steps", "20", "--max-steps", "10", "--batch-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    """Each test sees the plugins installed at that moment."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class CLI:
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def fails(self, *argv: str, match: str) -> str:
+        """The command must exit 2 with exactly one line on stderr containing ``match``."""
+        code, _, err = self(*argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (code, err)
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert match in lines[0], lines[0]
+        return lines[0]
+
+
+@pytest.fixture
+def cli(capsys):
+    return CLI(capsys)
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install ``source`` as module ``module`` of distribution ``dist`` with an entry point in
+    group ``udiff``: a real ``*.dist-info`` on ``sys.path`` that importlib.metadata finds."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dist: str, module: str, source: str, version: str = "0.1.0") -> Path:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[udiff]\n{module} = {module}\n")
+        sys.modules.pop(module, None)
+        plugins.reset()
+        return site
+
+    return install
+
+
+def run_udiff(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "udiff", *map(str, argv)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run on the digits, shared by the sampling tests."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--data", "digits", "--backbone", "unet", *TINY, "--out", str(out)]) == 0
+    return out

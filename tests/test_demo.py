@@ -1,0 +1,27 @@
+"""The README's main command, end to end, against the issue's quality targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_udiff
+from PIL import Image
+
+
+@pytest.mark.slow
+def test_demo_meets_target(tmp_path):
+    out = tmp_path / "demo-run"
+    proc = run_udiff("demo", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"backbone", "label_accuracy", "reference_accuracy", "wall_seconds"} <= set(metrics)
+    assert metrics["backbone"] == "unet"
+    assert metrics["reference_accuracy"] >= 0.95, metrics
+    assert metrics["label_accuracy"] >= 0.90, metrics
+    with Image.open(out / "samples.png") as im:
+        assert im.height > 9 * 16  # a row per label
+    # A second demo into the same folder must not clobber it.
+    again = run_udiff("demo", "--out", out)
+    assert again.returncode == 2 and "already holds" in again.stderr
+    assert json.loads((out / "metrics.json").read_text()) == metrics
