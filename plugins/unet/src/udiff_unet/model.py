@@ -37,7 +37,8 @@ class UNetConfig(BaseModel):
 
 PRESETS = {
     "tiny": {"block_out_channels": [32, 64], "cross_attention_dim": 64, "norm_num_groups": 16},
-    "small": {},
+    # The digits demo's size: fits the 300 s CPU budget (README).
+    "small": {"block_out_channels": [48, 96], "cross_attention_dim": 96, "norm_num_groups": 16},
     # Stable Diffusion 1.5's UNet: 859,520,964 parameters.
     "sd15": {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
              "attention_levels": [True, True, True, False], "cross_attention_dim": 768,
