@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 from conftest import TINY
-
 from udiff import plugins
 from udiff.testing import check_denoiser
 

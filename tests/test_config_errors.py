@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY, run_udiff
 from PIL import Image
+
+from conftest import TINY, run_udiff
 
 
 def write(path, text):
@@ -58,7 +59,8 @@ def test_data_missing_empty_no_images_corrupt(cli, tmp_path):
     cli.fails("train", "--data", empty, "--out", out, match="no label sub-folders")
     (empty / "alice").mkdir()
     (empty / "alice" / "notes.txt").write_text("hi")
-    cli.fails("train", "--data", empty, "--out", out, match="no images")
+    with pytest.warns(UserWarning, match="holds no images; skipped"):
+        cli.fails("train", "--data", empty, "--out", out, match="no images")
     (empty / "alice" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     line = cli.fails("train", "--data", empty, "--out", out, match="cannot read image")
     assert "a.png" in line

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_udiff
 from PIL import Image
+
+from conftest import run_udiff
 
 
 @pytest.mark.slow

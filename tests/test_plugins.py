@@ -6,7 +6,6 @@ import json
 import os
 
 from conftest import run_udiff
-
 from udiff import plugins
 
 GOOD = '''

@@ -7,10 +7,10 @@ import tomllib
 
 import numpy as np
 import torch
-from conftest import TINY
 from PIL import Image
 
 import udiff
+from conftest import TINY
 
 
 def test_run_directory_layout(tiny_run):
@@ -105,3 +105,38 @@ def test_info_sd15_on_meta_device(cli):
     info = json.loads(out)
     assert code == 0 and info["denoiser_params"] == 859_520_964
     assert info["params"] > info["denoiser_params"] and info["macs_per_forward"] > 1e10
+
+
+def test_bf16_and_gradient_checkpointing_flags(cli, tmp_path):
+    out = tmp_path / "bf16"
+    code, _, err = cli("train", "--data", "digits", "--backbone", "unet", *TINY,
+                       "--mixed-precision", "bf16", "--gradient-checkpointing", "--device", "cpu",
+                       "--out", out)
+    assert code == 0, err
+    cfg = tomllib.loads((out / "config.toml").read_text())["training"]
+    assert cfg["mixed_precision"] == "bf16" and cfg["gradient_checkpointing"] is True
+    images, _ = udiff.load(out).sample_tensor([0], per_label=1, steps=2)
+    assert torch.isfinite(images).all()
+
+
+def test_xformers_without_the_extra_is_one_line(cli, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("xformers") is not None:
+        import pytest
+
+        pytest.skip("xformers is installed here")
+    cli.fails("train", "--data", "digits", "--backbone", "unet", *TINY, "--attention", "xformers",
+              "--out", tmp_path / "x", match="udiff-core[xformers]")
+    assert not (tmp_path / "x").exists()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(cli, tmp_path):
+    cfg = tmp_path / "acc.toml"
+    cfg.write_text("[training]\ngradient_accumulation_steps = 3\n")
+    out = tmp_path / "acc"
+    code, _, err = cli("train", "--config", cfg, "--data", "digits", "--backbone", "unet", *TINY,
+                       "--out", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "denoiser"] == [10]  # --max-steps 10

@@ -58,7 +58,7 @@ def overrides_from(args) -> dict[str, Any]:
 
 
 def resolve_config(args, defaults: dict | None = None):
-    from .config import resolve, read_file
+    from .config import read_file, resolve
 
     o = overrides_from(args)
     if args.config and "denoiser" in o:

@@ -28,8 +28,18 @@ class ComponentChoice(Strict):
 
 
 class AutoencoderChoice(ComponentChoice):
+    name: str = Field("kl", description="Registered autoencoder name.")
+    preset: str | None = Field("tiny", description="Named preset of the autoencoder.")
     from_run: str | None = Field(None, description="Reuse the trained autoencoder of this run "
                                  "directory instead of training stage 1.")
+
+
+class DenoiserChoice(ComponentChoice):
+    name: str = Field("unet", description="Registered denoiser (backbone) name.")
+
+
+class ConditionerChoice(ComponentChoice):
+    name: str = Field("label", description="Registered conditioner name.")
 
 
 class DataConfig(Strict):
@@ -66,11 +76,10 @@ class SamplingConfig(Strict):
 
 class TrainConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
-    autoencoder: AutoencoderChoice = Field(default_factory=lambda: AutoencoderChoice(
-        name="kl", preset="tiny"))
-    denoiser: ComponentChoice = Field(default_factory=lambda: ComponentChoice(name="unet"))
+    autoencoder: AutoencoderChoice = Field(default_factory=AutoencoderChoice)
+    denoiser: DenoiserChoice = Field(default_factory=DenoiserChoice)
     scheduler: ComponentChoice | None = Field(None, description="Default: the denoiser's.")
-    conditioner: ComponentChoice = Field(default_factory=lambda: ComponentChoice(name="label"))
+    conditioner: ConditionerChoice = Field(default_factory=ConditionerChoice)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 

@@ -26,7 +26,7 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def split(self, holdout: float, seed: int) -> tuple["LabelledImages", "LabelledImages"]:
+    def split(self, holdout: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
         """A seeded, per-label stratified split: (train, held-out)."""
         rng = np.random.default_rng(seed)
         test = []
@@ -97,7 +97,7 @@ def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
             im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im
             im = im.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UdiffError(f"cannot read image {path}: {str(e).splitlines()[0] or type(e).__name__}")
+        raise UdiffError(f"cannot read image {path}: {str(e).splitlines()[0] or type(e).__name__}") from None
     scale = image_size / min(im.size)
     w, h = max(image_size, round(im.width * scale)), max(image_size, round(im.height * scale))
     im = im.resize((w, h), Image.Resampling.BICUBIC)

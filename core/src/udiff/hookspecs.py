@@ -8,7 +8,7 @@ Every hook receives a ``register`` callback (as in simonw/llm's ``register_model
 ``factory(config, context)`` builds it, ``presets`` maps preset names to option overrides.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from pluggy import HookimplMarker, HookspecMarker
 

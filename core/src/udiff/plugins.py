@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel, ValidationError
@@ -92,7 +93,7 @@ class Registry:
         self.components: dict[str, dict[str, Component]] = {role: {} for role in ROLES}
 
     # -- loading ---------------------------------------------------------------------------
-    def load(self, extra: list[tuple[str, Any]] = ()) -> "Registry":
+    def load(self, extra: list[tuple[str, Any]] = ()) -> Registry:
         import udiff
 
         blocked = {n.strip() for n in os.environ.get("UDIFF_DISABLE_PLUGINS", "").split(",")}

@@ -34,7 +34,7 @@ class Pipeline:
         return next(self.denoiser.parameters()).device
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> "Pipeline":
+    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> Pipeline:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UdiffError(f"run directory {run_dir} does not exist")
@@ -53,7 +53,7 @@ class Pipeline:
                                                ctx.latent_size))
         return pipe.to(device)
 
-    def to(self, device) -> "Pipeline":
+    def to(self, device) -> Pipeline:
         for m in (self.autoencoder, self.denoiser, self.conditioner):
             m.to(device)
         return self

@@ -64,7 +64,7 @@ def outputs(denoiser, conditioner, context: Context) -> torch.Tensor:
 def check_determinism(name, preset, context) -> None:
     a = build(name, preset, context, seed=123)
     b = build(name, preset, context, seed=123)
-    for (ka, va), (kb, vb) in zip(a[2].state_dict().items(), b[2].state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a[2].state_dict().items(), b[2].state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb), f"weights differ under one seed at {ka}"
     a[2].eval()
     b[2].eval()

@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -44,7 +45,7 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, params: list[nn.Parameter]) -> None:
-        for s, p in zip(self.shadow, params):
+        for s, p in zip(self.shadow, params, strict=True):
             p.copy_(s.to(p.dtype))
 
 
@@ -77,6 +78,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     if t.device == "cuda" and not torch.cuda.is_available():
         raise UdiffError("training.device = 'cuda' but no CUDA device is available")
+    # accelerate keeps one process-wide state; a second run in this process (a notebook, the
+    # tests) may ask for other precision. Keep the process group (PartialState), reset the rest.
+    AcceleratorState._reset_state(reset_partial_state=False)
     try:
         return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision,
                            gradient_accumulation_steps=t.gradient_accumulation_steps)
@@ -84,8 +88,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
 
 
-def set_attention(module: nn.Module, backend: str) -> None:
-    """SDPA is diffusers'/timm's default; xformers is opt-in and must really work."""
+def require_attention(backend: str) -> None:
+    """Fail before anything is written if the chosen attention backend cannot work here."""
     if backend == "sdpa":
         return
     try:
@@ -93,10 +97,17 @@ def set_attention(module: nn.Module, backend: str) -> None:
     except Exception as e:
         raise UdiffError(f"attention 'xformers' needs the extra: pip install 'udiff-core[xformers]'"
                          f" ({type(e).__name__}: {e})") from None
+
+
+def set_attention(module: nn.Module, backend: str) -> None:
+    """SDPA is diffusers'/timm's default; xformers is opt-in through the module's own switch."""
+    if backend == "sdpa":
+        return
     hook = getattr(module, "set_attention_backend", None)
     if hook is not None:
         return hook(backend)
-    targets = [m for m in module.modules() if hasattr(m, "enable_xformers_memory_efficient_attention")]
+    targets = [m for m in module.modules()
+               if hasattr(m, "enable_xformers_memory_efficient_attention")]
     if not targets:
         raise UdiffError(f"{type(module).__name__} has no xformers attention path")
     try:
@@ -148,9 +159,10 @@ class Trainer:
         sched_choice = self.scheduler_choice()
         sched_comp = plugins.get("scheduler", sched_choice.name)
         sched_cfg = sched_comp.make_config(sched_choice.preset, sched_choice.options)
+        require_attention(cfg.training.attention)
         data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
-        prepare_out(self.out, self.overwrite)
         self.accelerator = make_accelerator(cfg)
+        prepare_out(self.out, self.overwrite)
         start = time.time()
         set_seed(cfg.training.seed)
         (self.out / "config.toml").write_text(to_toml(cfg))

@@ -71,7 +71,7 @@ class UNetDenoiser(nn.Module):
         self.pooled = config.pooled_conditioning
 
     @classmethod
-    def from_config(cls, config: UNetConfig, context: Context) -> "UNetDenoiser":
+    def from_config(cls, config: UNetConfig, context: Context) -> UNetDenoiser:
         return cls(config, context)
 
     def forward(self, x, timesteps, cond: Conditioning):
