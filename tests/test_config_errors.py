@@ -104,9 +104,9 @@ def test_run_whose_plugin_is_missing(cli, tiny_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run)
     meta = json.loads((run / "denoiser" / "config.json").read_text())
-    meta.update(component="dit", plugin="udiff-dit")
+    meta.update(component="hypernet", plugin="udiff-hypernet")
     (run / "denoiser" / "config.json").write_text(json.dumps(meta))
-    cli.fails("sample", run, "--out", tmp_path / "g.png", match="pip install udiff-dit")
+    cli.fails("sample", run, "--out", tmp_path / "g.png", match="pip install udiff-hypernet")
 
 
 def test_tampered_weights(cli, tiny_run, tmp_path):

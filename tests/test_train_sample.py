@@ -140,3 +140,24 @@ def test_gradient_accumulation_counts_optimizer_steps(cli, tmp_path):
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "denoiser"] == [10]  # --max-steps 10
+
+
+def test_v_prediction_objective(cli, tmp_path):
+    from udiff import plugins
+
+    comp = plugins.get("scheduler", "ddpm")
+    sched = comp.build(comp.make_config(options={"prediction_type": "v_prediction"}), None)
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    a = sched._train.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - sched._train.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(sched.target(x0, noise, t), a * noise - s * x0)
+    torch.testing.assert_close(sched.add_noise(x0, noise, t), a * x0 + s * noise)
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[scheduler]\nname = "ddpm"\noptions = {prediction_type = "v_prediction"}\n')
+    out = tmp_path / "v"
+    code, _, err = cli("train", "--config", cfg, "--data", "digits", "--backbone", "unet", *TINY,
+                       "--out", out)
+    assert code == 0, err
+    images, _ = udiff.load(out).sample_tensor([2], per_label=2, steps=3, scheduler="dpm++")
+    assert torch.isfinite(images).all()
