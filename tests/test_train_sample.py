@@ -131,13 +131,18 @@ def test_xformers_without_the_extra_is_one_line(cli, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_gradient_accumulation_counts_optimizer_steps(cli, tmp_path):
-    cfg = tmp_path / "acc.toml"
-    cfg.write_text("[training]\ngradient_accumulation_steps = 3\n")
-    out = tmp_path / "acc"
+def train_tiny_with(cli, tmp_path, toml: str):
+    """A tiny digits run whose config file holds ``toml``; returns the run directory."""
+    cfg, out = tmp_path / "extra.toml", tmp_path / "run"
+    cfg.write_text(toml)
     code, _, err = cli("train", "--config", cfg, "--data", "digits", "--backbone", "unet", *TINY,
                        "--out", out)
     assert code == 0, err
+    return out
+
+
+def test_gradient_accumulation_counts_optimizer_steps(cli, tmp_path):
+    out = train_tiny_with(cli, tmp_path, "[training]\ngradient_accumulation_steps = 3\n")
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "denoiser"] == [10]  # --max-steps 10
 
@@ -153,11 +158,7 @@ def test_v_prediction_objective(cli, tmp_path):
     s = (1 - sched._train.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
     torch.testing.assert_close(sched.target(x0, noise, t), a * noise - s * x0)
     torch.testing.assert_close(sched.add_noise(x0, noise, t), a * x0 + s * noise)
-    cfg = tmp_path / "v.toml"
-    cfg.write_text('[scheduler]\nname = "ddpm"\noptions = {prediction_type = "v_prediction"}\n')
-    out = tmp_path / "v"
-    code, _, err = cli("train", "--config", cfg, "--data", "digits", "--backbone", "unet", *TINY,
-                       "--out", out)
-    assert code == 0, err
+    out = train_tiny_with(cli, tmp_path,
+                          '[scheduler]\nname = "ddpm"\noptions = {prediction_type = "v_prediction"}\n')
     images, _ = udiff.load(out).sample_tensor([2], per_label=2, steps=3, scheduler="dpm++")
     assert torch.isfinite(images).all()
