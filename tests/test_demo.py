@@ -8,21 +8,26 @@ import pytest
 from PIL import Image
 
 from conftest import run_udiff
+from udiff import plugins
 
 
 @pytest.mark.slow
-def test_demo_meets_target(tmp_path):
+# DiT joins once its demo meets the time target too (0.953 in 304 s on 2 cores so far).
+@pytest.mark.parametrize("backbone", ["unet"])
+def test_demo_meets_target(tmp_path, backbone):
+    if backbone not in plugins.registry().components["denoiser"]:
+        pytest.skip(f"udiff-{backbone} is not installed")
     out = tmp_path / "demo-run"
-    proc = run_udiff("demo", "--out", out)
+    proc = run_udiff("demo", "--backbone", backbone, "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"backbone", "label_accuracy", "reference_accuracy", "wall_seconds"} <= set(metrics)
-    assert metrics["backbone"] == "unet"
+    assert metrics["backbone"] == backbone
     assert metrics["reference_accuracy"] >= 0.95, metrics
     assert metrics["label_accuracy"] >= 0.90, metrics
     with Image.open(out / "samples.png") as im:
         assert im.height > 9 * 16  # a row per label
     # A second demo into the same folder must not clobber it.
-    again = run_udiff("demo", "--out", out)
+    again = run_udiff("demo", "--backbone", backbone, "--out", out)
     assert again.returncode == 2 and "already holds" in again.stderr
     assert json.loads((out / "metrics.json").read_text()) == metrics

@@ -126,6 +126,14 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_diffusers
+
+    out = export_diffusers(args.run_dir, args.out, args.scheduler, args.overwrite)
+    print(f"exported {args.run_dir} as {args.format} to {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run
 
@@ -189,6 +197,14 @@ def build_parser() -> Parser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", required=True, help="output .png")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("export", help="write a run in another library's format")
+    s.add_argument("run_dir")
+    s.add_argument("--format", choices=["diffusers"], default="diffusers")
+    s.add_argument("--scheduler", help="sampler to export (default: the training scheduler)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="train, sample and evaluate on the embedded digits")
     s.add_argument("--backbone", default="unet")

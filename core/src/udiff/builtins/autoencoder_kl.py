@@ -55,6 +55,10 @@ class KLAutoencoder(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
 
+    def to_diffusers(self, scaling_factor: float) -> AutoencoderKL:
+        self.vae.register_to_config(scaling_factor=scaling_factor)
+        return self.vae
+
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         posterior = self.vae.encode(images).latent_dist
         recon = self.vae.decode(posterior.sample()).sample

@@ -80,3 +80,7 @@ class UNetDenoiser(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
+
+    def to_diffusers(self, conditioner):
+        """The UNet2DConditionModel itself; no stock pipeline takes label embeddings."""
+        return self.unet, "unet", None

@@ -1,0 +1,46 @@
+"""``udiff export RUN_DIR --format diffusers --out DIR``: folders stock diffusers loads.
+
+A backbone opts in with ``to_diffusers(conditioner) -> (model, subfolder, pipeline class or
+None)``; the autoencoder with ``to_diffusers(scaling_factor)``. With a pipeline class the folder
+is a whole pipeline (``DiTPipeline.from_pretrained(DIR)``); otherwise each component folder
+loads with its own ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import diffusers
+
+from .errors import UdiffError
+from .sampling import load
+from .training import prepare_out
+
+
+def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None = None,
+                     overwrite: bool = False) -> Path:
+    pipe = load(run_dir)
+    name = type(pipe.denoiser).__name__
+    for part, module in (("denoiser", pipe.denoiser), ("autoencoder", pipe.autoencoder)):
+        if not hasattr(module, "to_diffusers"):
+            raise UdiffError(f"{part} {type(module).__name__} has no diffusers counterpart; "
+                             "export supports backbones that implement to_diffusers()")
+    try:
+        model, subfolder, pipeline_cls = pipe.denoiser.to_diffusers(pipe.conditioner)
+    except ValueError as e:
+        raise UdiffError(f"cannot export {name}: {e}") from None
+    vae = pipe.autoencoder.to_diffusers(pipe.scaling_factor)
+    sampler = pipe.scheduler(scheduler).sampler
+    out = Path(out)
+    prepare_out(out, overwrite)
+    if pipeline_cls is not None:
+        id2label = {str(i): name for i, name in enumerate(pipe.label_names)}
+        exported = getattr(diffusers, pipeline_cls)(**{subfolder: model}, vae=vae,
+                                                    scheduler=sampler, id2label=id2label)
+        exported.register_to_config(id2label=id2label)  # into model_index.json, as on the Hub
+        exported.save_pretrained(out)
+    else:
+        model.save_pretrained(out / subfolder)
+        vae.save_pretrained(out / "vae")
+        sampler.save_pretrained(out / "scheduler")
+    return out
