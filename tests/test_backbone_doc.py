@@ -36,3 +36,6 @@ def test_documented_backbone_end_to_end(cli, install_plugin, tmp_path):
     assert code == 0, err
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert plugins.registry().records["udiff-convnet"].error is None
+    cli.fails("export", run, "--format", "diffusers", "--out", tmp_path / "exported",
+              match="has no diffusers counterpart")
+    assert not (tmp_path / "exported").exists()
