@@ -12,8 +12,7 @@ from udiff import plugins
 
 
 @pytest.mark.slow
-# DiT joins once its demo meets the time target too (0.953 in 304 s on 2 cores so far).
-@pytest.mark.parametrize("backbone", ["unet"])
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
 def test_demo_meets_target(tmp_path, backbone):
     if backbone not in plugins.registry().components["denoiser"]:
         pytest.skip(f"udiff-{backbone} is not installed")

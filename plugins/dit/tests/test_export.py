@@ -73,3 +73,11 @@ def test_unet_and_dit_runs_share_the_config_but_the_backbone(dit_run, tmp_path):
 
     assert lines(unet_run) == lines(dit_run)
     assert (unet_run / "config.toml").read_text() != (dit_run / "config.toml").read_text()
+
+
+def test_bf16_checkpointed_training(tmp_path):
+    run = tmp_path / "bf16"
+    assert main(["train", "--data", "digits", "--backbone", "dit", *TINY, "--mixed-precision",
+                 "bf16", "--gradient-checkpointing", "--out", str(run)]) == 0
+    images, _ = udiff.load(run).sample_tensor([4], per_label=2, steps=3)
+    assert torch.isfinite(images).all()

@@ -36,8 +36,8 @@ SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 
 PRESETS = {f"{name}/{p}": {"depth": d, "hidden_size": h, "num_heads": n, "patch_size": p}
            for name, (d, h, n) in SIZES.items() for p in (2, 4, 8)}
 PRESETS["tiny"] = {"depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}
-# The digits demo's size (8x8 latents, one token per latent pixel); measured: 0.95 in 304 s.
-PRESETS["small"] = {"depth": 6, "hidden_size": 128, "num_heads": 4, "patch_size": 1}
+# The digits demo's size (8x8 latents, one token per latent pixel): 0.993 in 272 s on 2 cores.
+PRESETS["small"] = {"depth": 5, "hidden_size": 128, "num_heads": 4, "patch_size": 1}
 
 
 def modulate(x, shift, scale):  # x: [B, N, D]; shift, scale: [B, D]
