@@ -58,3 +58,14 @@ def test_adaln_zero_starts_as_identity():
 def test_conformance():
     report = check_denoiser("dit")
     assert report["plugin"] == "udiff-dit" and report["loss_last"] < report["loss_first"]
+
+
+def test_listed_by_udiff_plugins(capsys):
+    import json
+
+    from udiff.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    found = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert found["udiff-dit"]["provides"] == {"denoiser": ["dit"]}
+    assert found["udiff-dit"]["error"] is None
