@@ -278,7 +278,7 @@ class Trainer:
         denoiser.train()
         conditioner.train()
         batches = infinite(loader)
-        step, micro = 0, 0
+        step = 0
         with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
             while step < t.max_steps:
                 x0, y = next(batches)
@@ -290,7 +290,6 @@ class Trainer:
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                micro += 1
                 if not acc.sync_gradients:
                     continue
                 step += 1
