@@ -21,8 +21,7 @@ def describe(cfg: TrainConfig, num_labels: int) -> dict:
     ctx = Context(image_channels=cfg.data.channels or 3, image_size=size, num_labels=num_labels)
 
     def build(role, choice, context):
-        comp = plugins.get(role, choice.name)
-        return comp.build(comp.make_config(choice.preset, choice.options), context)
+        return plugins.build(role, choice, context)[2]
 
     with torch.device("meta"):
         ae = build("autoencoder", cfg.autoencoder, ctx)

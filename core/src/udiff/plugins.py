@@ -234,3 +234,10 @@ def reset() -> None:
 
 def get(role: str, name: str) -> Component:
     return registry().get(role, name)
+
+
+def build(role: str, choice, context: Any) -> tuple[Component, BaseModel, Any]:
+    """Build a config choice (``name``, ``preset``, ``options``): (component, config, object)."""
+    comp = get(role, choice.name)
+    config = comp.make_config(choice.preset, choice.options)
+    return comp, config, comp.build(config, context)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -47,17 +46,6 @@ class EMA:
     def copy_to(self, params: list[nn.Parameter]) -> None:
         for s, p in zip(self.shadow, params, strict=True):
             p.copy_(s.to(p.dtype))
-
-
-@dataclass
-class Models:
-    """What stage 2 trains and samples with (the run's components, built and configured)."""
-
-    autoencoder: nn.Module
-    denoiser: nn.Module
-    conditioner: nn.Module
-    scheduler: object
-    context: Context
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -138,11 +126,6 @@ class Trainer:
                                                          self.accelerator.is_main_process))
 
     # -- components ------------------------------------------------------------------------
-    def build(self, role: str, choice, context: Context):
-        comp = plugins.get(role, choice.name)
-        config = comp.make_config(choice.preset, choice.options)
-        return comp, config, comp.build(config, context)
-
     def scheduler_choice(self):
         if self.cfg.scheduler is not None:
             return self.cfg.scheduler
@@ -183,16 +166,15 @@ class Trainer:
                                         str(self.out / "latents.safetensors"))
 
         set_seed(cfg.training.seed + 1)
-        den_comp, den_cfg, denoiser = self.build("denoiser", cfg.denoiser, ctx)
+        den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
         cond_dim = getattr(denoiser, "cond_dim", None)
         if not isinstance(cond_dim, int):
             raise UdiffError(f"denoiser {den_comp.name!r} (plugin {den_comp.plugin}) does not "
                              "expose an int `cond_dim` attribute")
         ctx = Context(**{**ctx.__dict__, "cond_dim": cond_dim})
-        cond_comp, cond_cfg, conditioner = self.build("conditioner", cfg.conditioner, ctx)
+        cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
         scheduler = sched_comp.build(sched_cfg, ctx)
-        models = Models(autoencoder, denoiser, conditioner, scheduler, ctx)
-        self.stage2(models, latents, data.labels)
+        self.stage2(denoiser, conditioner, scheduler, latents, data.labels)
 
         save_component(self.out / "denoiser", den_comp, den_cfg, denoiser,
                        preset=cfg.denoiser.preset, ema=cfg.training.ema_decay > 0)
@@ -215,7 +197,7 @@ class Trainer:
             autoencoder, _ = load_component(folder, "autoencoder", ctx)
             self.check_latent_grid(autoencoder)
             return autoencoder.to(acc.device).eval(), comp, config, meta["scaling_factor"]
-        comp, config, autoencoder = self.build("autoencoder", choice, ctx)
+        comp, config, autoencoder = plugins.build("autoencoder", choice, ctx)
         self.check_latent_grid(autoencoder)
         t = cfg.training
         opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
@@ -255,15 +237,17 @@ class Trainer:
         return torch.cat([autoencoder.encode(images[i:i + 256].to(dev)).float().cpu()
                           for i in range(0, len(images), 256)])
 
-    def stage2(self, m: Models, latents: torch.Tensor, labels: torch.Tensor) -> None:
+    def stage2(self, denoiser: nn.Module, conditioner: nn.Module, scheduler,
+               latents: torch.Tensor, labels: torch.Tensor) -> None:
+        """Train ``denoiser`` and ``conditioner`` in place; they end holding the EMA weights."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
         if t.gradient_checkpointing:
-            if not hasattr(m.denoiser, "enable_gradient_checkpointing"):
-                raise UdiffError(f"{type(m.denoiser).__name__} has no "
+            if not hasattr(denoiser, "enable_gradient_checkpointing"):
+                raise UdiffError(f"{type(denoiser).__name__} has no "
                                  "enable_gradient_checkpointing()")
-            m.denoiser.enable_gradient_checkpointing()
-        set_attention(m.denoiser, t.attention)
-        params = [p for mod in (m.denoiser, m.conditioner) for p in mod.parameters()
+            denoiser.enable_gradient_checkpointing()
+        set_attention(denoiser, t.attention)
+        params = [p for mod in (denoiser, conditioner) for p in mod.parameters()
                   if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         warm = max(1, t.warmup_steps)
@@ -272,18 +256,19 @@ class Trainer:
             torch.utils.data.TensorDataset(latents, labels), batch_size=t.batch_size,
             shuffle=True, drop_last=len(labels) > t.batch_size,
             generator=torch.Generator().manual_seed(t.seed + 2))
-        denoiser, conditioner, opt, loader, sched = acc.prepare(m.denoiser, m.conditioner, opt,
-                                                                loader, sched)
+        # The prepared (possibly wrapped) modules share their parameters with the originals.
+        wrapped_den, wrapped_cond, opt, loader, sched = acc.prepare(denoiser, conditioner, opt,
+                                                                    loader, sched)
         ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
-        denoiser.train()
-        conditioner.train()
+        wrapped_den.train()
+        wrapped_cond.train()
         batches = infinite(loader)
         step = 0
         with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
             while step < t.max_steps:
                 x0, y = next(batches)
-                with acc.accumulate(denoiser, conditioner):
-                    loss = self.loss(denoiser, conditioner, m.scheduler, x0, y)
+                with acc.accumulate(wrapped_den, wrapped_cond):
+                    loss = self.loss(wrapped_den, wrapped_cond, scheduler, x0, y)
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(params, 1.0)
@@ -302,7 +287,6 @@ class Trainer:
                              lr=sched.get_last_lr()[0])
         if ema is not None:
             ema.copy_to(params)
-        m.denoiser, m.conditioner = acc.unwrap_model(denoiser), acc.unwrap_model(conditioner)
 
     @staticmethod
     def loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor):
