@@ -72,3 +72,15 @@ def accuracy(model, images, labels) -> tuple[float, dict[int, float]]:
     hit = (predict(model, images) == labels).float()
     per = {int(k): hit[labels == k].mean().item() for k in labels.unique()}
     return hit.mean().item(), per
+
+
+@torch.no_grad()
+def diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean pairwise L2 distance between images of the same label, averaged over labels (pixel
+    space, images in [-1, 1]). A collapsed generator scores far below real data."""
+    per = []
+    for k in labels.unique():
+        x = images[labels == k].flatten(1).float()  # [n, C*H*W]
+        if len(x) > 1:
+            per.append(torch.pdist(x).mean())
+    return float(torch.stack(per).mean())

@@ -29,7 +29,8 @@ def register_autoencoders(register: Register) -> None:
 def register_denoisers(register: Register) -> None:
     """Register denoisers: ``factory(config, context) -> nn.Module`` whose
     ``forward(noisy_latents, timesteps, conditioning)`` returns a prediction shaped like the latents.
-    ``context`` is a :class:`udiff.components.DenoiserContext`; the module exposes ``cond_dim``."""
+    ``context`` is a :class:`udiff.components.Context`; the module exposes ``cond_dim`` (and
+    optionally ``pooled_dim``), the conditioning widths it takes."""
 
 
 @hookspec

@@ -25,10 +25,9 @@ def describe(cfg: TrainConfig, num_labels: int) -> dict:
 
     with torch.device("meta"):
         ae = build("autoencoder", cfg.autoencoder, ctx)
-        ctx = Context(**{**ctx.__dict__, "latent_channels": ae.latent_channels,
-                         "latent_size": size // ae.downsample})
+        ctx = ctx.replace(latent_channels=ae.latent_channels, latent_size=size // ae.downsample)
         denoiser = build("denoiser", cfg.denoiser, ctx)
-        ctx = Context(**{**ctx.__dict__, "cond_dim": denoiser.cond_dim})
+        ctx = ctx.for_denoiser(denoiser)
         conditioner = build("conditioner", cfg.conditioner, ctx).eval()
         x = torch.zeros(1, ctx.latent_channels, ctx.latent_size, ctx.latent_size)
         t = torch.zeros(1, dtype=torch.long)

@@ -26,6 +26,7 @@ HOOKS = {role: f"register_{role}s" for role in ROLES}
 BUILTINS = (
     "udiff.builtins.autoencoder_kl",
     "udiff.builtins.noise_schedulers",
+    "udiff.builtins.flow_scheduler",
     "udiff.builtins.label_conditioner",
 )
 ENTRY_POINT_GROUP = "udiff"

@@ -21,11 +21,11 @@ class Pipeline:
 
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, conditioner: nn.Module,
                  scheduler_name: str, scheduler_config, label_names: list[str],
-                 scaling_factor: float, latent_shape: tuple[int, int, int]) -> None:
+                 scaling_factor: float, context: Context) -> None:
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.scheduler_name, self.scheduler_config = scheduler_name, scheduler_config
-        self.label_names, self.scaling_factor = label_names, scaling_factor
-        self.latent_shape = latent_shape  # (c, h, w)
+        self.label_names, self.scaling_factor, self.context = label_names, scaling_factor, context
+        self.latent_shape = (context.latent_channels, context.latent_size, context.latent_size)
         for m in (autoencoder, denoiser, conditioner):
             m.eval().requires_grad_(False)
 
@@ -45,12 +45,11 @@ class Pipeline:
         ctx = Context(**run["context"])
         autoencoder, ae_meta = load_component(run_dir / "autoencoder", "autoencoder", ctx)
         denoiser, _ = load_component(run_dir / "denoiser", "denoiser", ctx)
-        ctx = Context(**{**run["context"], "cond_dim": denoiser.cond_dim})
+        ctx = ctx.for_denoiser(denoiser)
         conditioner, _ = load_component(run_dir / "conditioner", "conditioner", ctx)
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
         pipe = cls(autoencoder, denoiser, conditioner, comp.name, sched_cfg, run["labels"],
-                   ae_meta["scaling_factor"], (ctx.latent_channels, ctx.latent_size,
-                                               ctx.latent_size))
+                   ae_meta["scaling_factor"], ctx)
         return pipe.to(device)
 
     def to(self, device) -> Pipeline:
@@ -65,7 +64,8 @@ class Pipeline:
         if comp.meta.get("family") != trained.meta.get("family"):
             raise UdiffError(f"scheduler {comp.name!r} ({comp.meta.get('family')}) cannot sample "
                              f"a model trained with {trained.name!r} ({trained.meta.get('family')})")
-        return comp.build(comp.make_config(options=self.scheduler_config.model_dump()), None)
+        return comp.build(comp.make_config(options=self.scheduler_config.model_dump()),
+                          self.context)
 
     def check_labels(self, labels) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()

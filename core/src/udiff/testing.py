@@ -29,8 +29,7 @@ def build(name: str, preset: str | None, context: Context, seed: int):
     torch.manual_seed(seed)
     denoiser = comp.build(comp.make_config(preset), context)
     assert isinstance(denoiser, torch.nn.Module), "the factory must return a torch.nn.Module"
-    assert isinstance(getattr(denoiser, "cond_dim", None), int), "denoiser needs int `cond_dim`"
-    ctx = Context(**{**context.__dict__, "cond_dim": denoiser.cond_dim})
+    ctx = context.for_denoiser(denoiser)
     lab = plugins.get("conditioner", "label")
     conditioner = lab.build(lab.make_config(options={"dropout": 0.0}), ctx)
     return comp, preset, denoiser, conditioner
@@ -85,9 +84,14 @@ def check_roundtrip(name, preset, denoiser, conditioner, context) -> None:
                        outputs(other, conditioner, context)), "safetensors round trip changed outputs"
 
 
-def check_training(denoiser, conditioner, context, steps: int = 15) -> tuple[float, float]:
-    """A few AdamW steps on one fixed batch (fixed noise and timesteps) must lower the loss."""
-    sched_comp = plugins.get("scheduler", "ddpm")
+OBJECTIVES = ("ddpm", "flow")  # noise prediction and rectified flow: every backbone takes both
+
+
+def check_training(denoiser, conditioner, context, steps: int = 15,
+                   scheduler: str = "ddpm") -> tuple[float, float]:
+    """A few AdamW steps on one fixed batch (fixed noise and timesteps) of ``scheduler``'s
+    objective must lower the loss."""
+    sched_comp = plugins.get("scheduler", scheduler)
     scheduler = sched_comp.build(sched_comp.make_config(), context)
     x, _, y = batch(context, n=8, seed=2)
     params = list(denoiser.parameters()) + list(conditioner.parameters())
@@ -101,7 +105,8 @@ def check_training(denoiser, conditioner, context, steps: int = 15) -> tuple[flo
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0], f"training did not lower the loss: {losses[0]} -> {losses[-1]}"
+    assert losses[-1] < losses[0], (f"training with {scheduler} did not lower the loss: "
+                                    f"{losses[0]} -> {losses[-1]}")
     return losses[0], losses[-1]
 
 
@@ -125,10 +130,14 @@ def check_denoiser(name: str, preset: str | None = None, context: Context = CONT
     check_shape(denoiser, conditioner, context)
     check_determinism(name, preset, context)
     check_roundtrip(name, preset, denoiser, conditioner, context)
-    first, last = check_training(denoiser, conditioner, context)
+    losses = {}
+    for objective in OBJECTIVES:  # a fresh model for each objective
+        _, _, fresh, cond = build(name, preset, context, seed=0)
+        losses[objective] = check_training(fresh, cond, context, scheduler=objective)
     check_gradient_checkpointing(name, preset, context)
+    first, last = losses["ddpm"]
     return {"component": comp.name, "plugin": comp.plugin, "preset": preset,
-            "loss_first": first, "loss_last": last}
+            "loss_first": first, "loss_last": last, "losses": losses}
 
 
 __all__ = ["CONTEXT", "check_denoiser"]

@@ -153,8 +153,8 @@ class Trainer:
         ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                       num_labels=len(data.label_names))
         autoencoder, ae_comp, ae_cfg, scaling = self.stage1(data, ctx)
-        ctx = Context(**{**ctx.__dict__, "latent_channels": autoencoder.latent_channels,
-                         "latent_size": cfg.data.image_size // autoencoder.downsample})
+        ctx = ctx.replace(latent_channels=autoencoder.latent_channels,
+                          latent_size=cfg.data.image_size // autoencoder.downsample)
         latents = self.encode(autoencoder, data.images)
         # SD's scaling_factor: latents of unit variance for the diffusion schedule.
         scaling = scaling or float(1.0 / latents.std())
@@ -167,11 +167,7 @@ class Trainer:
 
         set_seed(cfg.training.seed + 1)
         den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
-        cond_dim = getattr(denoiser, "cond_dim", None)
-        if not isinstance(cond_dim, int):
-            raise UdiffError(f"denoiser {den_comp.name!r} (plugin {den_comp.plugin}) does not "
-                             "expose an int `cond_dim` attribute")
-        ctx = Context(**{**ctx.__dict__, "cond_dim": cond_dim})
+        ctx = ctx.for_denoiser(denoiser)
         cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
         scheduler = sched_comp.build(sched_cfg, ctx)
         self.stage2(denoiser, conditioner, scheduler, latents, data.labels)
@@ -183,7 +179,7 @@ class Trainer:
         save_component(self.out / "scheduler", sched_comp, sched_cfg, None)
         write_json(self.out / RUN_FILE, {
             "udiff_version": udiff.__version__, "labels": data.label_names,
-            "context": ctx.__dict__ | {"cond_dim": 0}, "wall_seconds": time.time() - start,
+            "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0}, "wall_seconds": time.time() - start,
         })
         return self.out
 
