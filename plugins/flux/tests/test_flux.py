@@ -10,8 +10,8 @@ from diffusers import FluxTransformer2DModel
 
 import udiff
 from udiff import Context, plugins
-from udiff.errors import UdiffError
 from udiff.cli import main
+from udiff.errors import UdiffError
 from udiff.testing import check_denoiser
 from udiff_flux.model import image_ids, pack, unpack
 
