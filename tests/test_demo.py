@@ -24,8 +24,8 @@ def test_demo_meets_target(tmp_path, backbone):
     assert metrics["backbone"] == backbone
     assert metrics["reference_accuracy"] >= 0.95, metrics
     assert metrics["label_accuracy"] >= 0.90, metrics
-    # Not one sample per label: a collapsed model (e.g. flow at too high a CFG) scores ~0.5.
-    assert metrics["diversity"] >= 0.6 * metrics["real_diversity"], metrics
+    # Not one sample per label: a collapsed model (flow at CFG 6: 0.48) fails; measured 0.64-0.85.
+    assert metrics["diversity"] >= 0.55 * metrics["real_diversity"], metrics
     with Image.open(out / "samples.png") as im:
         assert im.height > 9 * 16  # a row per label
     # A second demo into the same folder must not clobber it.

@@ -52,8 +52,9 @@ def overrides_from(args) -> dict[str, Any]:
     for flag in ("max_steps", "autoencoder_steps", "seed", "batch_size", "lr", "mixed_precision",
                  "attention", "device"):
         put("training", flag, getattr(args, flag, None))
-    if getattr(args, "gradient_checkpointing", False):
-        put("training", "gradient_checkpointing", True)
+    for flag in ("gradient_checkpointing", "compile"):
+        if getattr(args, flag, False):
+            put("training", flag, True)
     return o
 
 
@@ -113,6 +114,8 @@ def cmd_sample(args) -> int:
     from .sampling import load
 
     pipe = load(args.run_dir, device=args.device)
+    if args.compile:
+        pipe.compile()
     labels = parse_labels(args.labels, pipe.label_names) if args.labels else list(
         range(len(pipe.label_names)))
     images, _ = pipe.sample_tensor(labels, args.per_label, args.steps, args.guidance, args.seed,
@@ -131,6 +134,16 @@ def cmd_export(args) -> int:
 
     out = export_diffusers(args.run_dir, args.out, args.scheduler, args.overwrite)
     print(f"exported {args.run_dir} as {args.format} to {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench.run import run
+
+    rat = run(args.out, backbones=args.backbones, preset=args.preset, batches=args.batches,
+              quick=args.quick, device=args.device, overwrite=args.overwrite)
+    print(json.dumps({k: v for k, v in rat.items() if k not in ("details", "targets")}))
+    print(f"report: {args.out}/report.md  {args.out}/report.png  {args.out}/ratios.json")
     return 0
 
 
@@ -173,6 +186,7 @@ def build_parser() -> Parser:
     s.add_argument("--lr", type=float)
     s.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     s.add_argument("--gradient-checkpointing", action="store_true")
+    s.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     s.add_argument("--attention", choices=["sdpa", "xformers"])
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
     s.add_argument("--seed", type=int)
@@ -195,6 +209,7 @@ def build_parser() -> Parser:
     s.add_argument("--guidance", type=float, default=3.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     s.add_argument("--out", required=True, help="output .png")
     s.set_defaults(func=cmd_sample)
 
@@ -205,6 +220,17 @@ def build_parser() -> Parser:
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bench", help="benchmark every installed backbone (pytest-benchmark)")
+    s.add_argument("--backbones", help="comma-separated (default: every installed backbone)")
+    s.add_argument("--preset", help="preset of every backbone (default: bench; --quick: tiny)")
+    s.add_argument("--batches", help="comma-separated batch sizes (default: 16,64; --quick: 8)")
+    s.add_argument("--quick", action="store_true", help="tiny presets, few rounds (~2 min CPU)")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--out", required=True, help="folder for bench.json, report.md/png, "
+                   "ratios.json")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, sample and evaluate on the embedded digits")
     s.add_argument("--backbone", default="unet")

@@ -63,6 +63,7 @@ class TrainingConfig(Strict):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate's "
                                                            "mixed precision.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    compile: bool = Field(False, description="torch.compile the denoiser (first steps compile).")
     attention: Literal["sdpa", "xformers"] = Field("sdpa", description="Attention backend.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     seed: int = Field(0, description="Seed of weights, data order and noise.")

@@ -52,6 +52,11 @@ class Pipeline:
                    ae_meta["scaling_factor"], ctx)
         return pipe.to(device)
 
+    def compile(self) -> Pipeline:
+        """``torch.compile`` the denoiser in place (the first sampling call compiles)."""
+        self.denoiser.compile()
+        return self
+
     def to(self, device) -> Pipeline:
         for m in (self.autoencoder, self.denoiser, self.conditioner):
             m.to(device)

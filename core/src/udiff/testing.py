@@ -16,7 +16,7 @@ import torch
 
 from . import plugins
 from .components import Context
-from .training import Trainer
+from .training import objective_loss
 
 CONTEXT = Context(image_channels=1, image_size=16, latent_channels=4, latent_size=8, num_labels=3)
 
@@ -100,7 +100,7 @@ def check_training(denoiser, conditioner, context, steps: int = 15,
     losses = []
     for _ in range(steps):
         torch.manual_seed(7)  # the same noise and timesteps every step: a fixed batch
-        loss = Trainer.loss(denoiser, conditioner, scheduler, x, y)
+        loss = objective_loss(denoiser, conditioner, scheduler, x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -237,70 +237,95 @@ class Trainer:
                latents: torch.Tensor, labels: torch.Tensor) -> None:
         """Train ``denoiser`` and ``conditioner`` in place; they end holding the EMA weights."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
+        training = DenoiserTraining(acc, denoiser, conditioner, scheduler, t)
+        loader = acc.prepare(torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(latents, labels), batch_size=t.batch_size,
+            shuffle=True, drop_last=len(labels) > t.batch_size,
+            generator=torch.Generator().manual_seed(t.seed + 2)))
+        batches = infinite(loader)
+        with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
+            while training.steps < t.max_steps:
+                loss = training.step(*next(batches))
+                if loss is None:
+                    continue  # accumulating micro-batches
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if training.steps % 50 == 0 or training.steps == t.max_steps:
+                    self.log(stage="denoiser", step=training.steps, loss=loss,
+                             lr=training.lr_scheduler.get_last_lr()[0])
+        training.finish()
+
+
+def objective_loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor):
+    """Objective-agnostic: the scheduler supplies timesteps, noisy input and target."""
+    noise = torch.randn_like(x0)
+    ts = scheduler.sample_timesteps(len(x0), x0.device)
+    noisy = scheduler.add_noise(x0, noise, ts)
+    target = scheduler.target(x0, noise, ts)
+    pred = denoiser(noisy, ts, conditioner(y))[:, : x0.shape[1]]
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
+        dim=tuple(range(1, x0.ndim)))  # [B]
+    weight = scheduler.loss_weight(ts)
+    if weight is not None:
+        per_sample = per_sample * weight
+    loss = per_sample.mean()
+    if not math.isfinite(loss.item()):
+        raise UdiffError("training diverged: the loss is not finite (lower training.lr)")
+    return loss
+
+
+class DenoiserTraining:
+    """Stage 2's state (modules, AdamW, warm-up, EMA) and one optimizer step through accelerate.
+
+    The trainer's loop and the benchmark harness both drive :meth:`step`, so what the benchmark
+    times is exactly what training runs."""
+
+    def __init__(self, accelerator: Accelerator, denoiser: nn.Module, conditioner: nn.Module,
+                 scheduler, t) -> None:
         if t.gradient_checkpointing:
             if not hasattr(denoiser, "enable_gradient_checkpointing"):
                 raise UdiffError(f"{type(denoiser).__name__} has no "
                                  "enable_gradient_checkpointing()")
             denoiser.enable_gradient_checkpointing()
         set_attention(denoiser, t.attention)
-        params = [p for mod in (denoiser, conditioner) for p in mod.parameters()
-                  if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.compile:
+            denoiser.compile()  # in place: parameter names and state dict keys are unchanged
+        self.accelerator, self.scheduler = accelerator, scheduler
+        self.params = [p for mod in (denoiser, conditioner) for p in mod.parameters()
+                       if p.requires_grad]
+        opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         warm = max(1, t.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(latents, labels), batch_size=t.batch_size,
-            shuffle=True, drop_last=len(labels) > t.batch_size,
-            generator=torch.Generator().manual_seed(t.seed + 2))
         # The prepared (possibly wrapped) modules share their parameters with the originals.
-        wrapped_den, wrapped_cond, opt, loader, sched = acc.prepare(denoiser, conditioner, opt,
-                                                                    loader, sched)
-        ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
-        wrapped_den.train()
-        wrapped_cond.train()
-        batches = infinite(loader)
-        step = 0
-        with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
-            while step < t.max_steps:
-                x0, y = next(batches)
-                with acc.accumulate(wrapped_den, wrapped_cond):
-                    loss = self.loss(wrapped_den, wrapped_cond, scheduler, x0, y)
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(params, 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                if ema is not None:
-                    ema.update(params, step)
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if step % 50 == 0 or step == t.max_steps:
-                    self.log(stage="denoiser", step=step, loss=loss.item(),
-                             lr=sched.get_last_lr()[0])
-        if ema is not None:
-            ema.copy_to(params)
+        self.denoiser, self.conditioner, self.optimizer, self.lr_scheduler = accelerator.prepare(
+            denoiser, conditioner, opt, sched)
+        self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
+        self.denoiser.train()
+        self.conditioner.train()
+        self.steps = 0  # completed optimizer steps
 
-    @staticmethod
-    def loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor):
-        """Objective-agnostic: the scheduler supplies timesteps, noisy input and target."""
-        noise = torch.randn_like(x0)
-        ts = scheduler.sample_timesteps(len(x0), x0.device)
-        noisy = scheduler.add_noise(x0, noise, ts)
-        target = scheduler.target(x0, noise, ts)
-        pred = denoiser(noisy, ts, conditioner(y))[:, : x0.shape[1]]
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
-            dim=tuple(range(1, x0.ndim)))  # [B]
-        weight = scheduler.loss_weight(ts)
-        if weight is not None:
-            per_sample = per_sample * weight
-        loss = per_sample.mean()
-        if not math.isfinite(loss.item()):
-            raise UdiffError("training diverged: the loss is not finite (lower training.lr)")
-        return loss
+    def step(self, x0: torch.Tensor, y: torch.Tensor) -> float | None:
+        """One micro-batch; returns the loss when it completed an optimizer step, else None."""
+        acc = self.accelerator
+        with acc.accumulate(self.denoiser, self.conditioner):
+            loss = objective_loss(self.denoiser, self.conditioner, self.scheduler, x0, y)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:
+            return None
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update(self.params, self.steps)
+        return loss.item()
+
+    def finish(self) -> None:
+        """Leave the EMA weights in the modules (what the run saves)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.params)
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True):

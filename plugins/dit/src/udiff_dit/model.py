@@ -38,6 +38,8 @@ PRESETS = {f"{name}/{p}": {"depth": d, "hidden_size": h, "num_heads": n, "patch_
 PRESETS["tiny"] = {"depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}
 # The digits demo's size (8x8 latents, one token per latent pixel): 0.993 in 272 s on 2 cores.
 PRESETS["small"] = {"depth": 5, "hidden_size": 128, "num_heads": 4, "patch_size": 1}
+# The benchmark harness's matched size: ~6.2 M, like unet/flux `bench` (within 10%).
+PRESETS["bench"] = {"depth": 5, "hidden_size": 256, "num_heads": 4, "patch_size": 2}
 
 
 def modulate(x, shift, scale):  # x: [B, N, D]; shift, scale: [B, D]

@@ -51,6 +51,9 @@ PRESETS = {
     # The digits demo's size (README): 16 tokens of width 128.
     "small": {"num_layers": 2, "num_single_layers": 4, "num_attention_heads": 4,
               "attention_head_dim": 32, "axes_dims_rope": (8, 12, 12), "joint_attention_dim": 128},
+    # The benchmark harness's matched size: ~6.2 M, like unet/dit `bench` (within 10%).
+    "bench": {"num_layers": 2, "num_single_layers": 1, "num_attention_heads": 4,
+              "attention_head_dim": 64, "axes_dims_rope": (16, 24, 24), "joint_attention_dim": 256},
     # FLUX.1-dev's transformer: 11,901,408,320 parameters with its 16-channel VAE latents.
     "dev": {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24,
             "attention_head_dim": 128, "axes_dims_rope": (16, 56, 56),

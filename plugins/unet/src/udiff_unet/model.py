@@ -39,6 +39,8 @@ PRESETS = {
     "tiny": {"block_out_channels": [32, 64], "cross_attention_dim": 64, "norm_num_groups": 16},
     # The digits demo's size: fits the 300 s CPU budget (README).
     "small": {"block_out_channels": [48, 96], "cross_attention_dim": 96, "norm_num_groups": 16},
+    # The benchmark harness's matched size: ~6.0 M, like dit/flux `bench` (within 10%).
+    "bench": {"block_out_channels": [64, 128, 128], "cross_attention_dim": 128},
     # Stable Diffusion 1.5's UNet: 859,520,964 parameters.
     "sd15": {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
              "attention_levels": [True, True, True, False], "cross_attention_dim": 768,

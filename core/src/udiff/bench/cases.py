@@ -1,0 +1,167 @@
+"""One benchmark case (backbone x preset x batch): its modules, and the steps the suite times.
+
+The training step is :class:`udiff.training.DenoiserTraining` (what ``udiff train`` runs) and
+sampling is :meth:`udiff.sampling.Pipeline.denoise` (what ``udiff sample`` runs); the bare
+baselines below call the same modules, optimizer and diffusers scheduler directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from torch.utils.flop_counter import FlopCounterMode
+
+from .. import plugins
+from ..components import Context
+from ..config import TrainingConfig
+from ..sampling import Pipeline
+from ..training import DenoiserTraining
+
+LABELS = 10
+
+
+@dataclass(frozen=True)
+class Case:
+    backbone: str
+    preset: str | None
+    batch: int
+    device: str = "cpu"
+    latent_size: int = 8  # latents [4, s, s]: 16x16 images through the demo's 2x autoencoder
+    scheduler: str = "ddpm"  # training objective; sampling uses ddim (noise) or flow
+    steps: int = 10  # sampling steps per image
+    guidance: float = 3.0
+    gradient_checkpointing: bool = False
+
+    @property
+    def id(self) -> str:
+        ckpt = "-ckpt" if self.gradient_checkpointing else ""
+        return f"{self.backbone}-{self.preset}-b{self.batch}{ckpt}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def context(case: Case) -> Context:
+    return Context(image_channels=1, image_size=case.latent_size * 2, latent_channels=4,
+                   latent_size=case.latent_size, num_labels=LABELS)
+
+
+def modules(case: Case, seed: int = 0):
+    """(denoiser, conditioner, training scheduler) on the case's device."""
+    torch.manual_seed(seed)
+    ctx = context(case)
+    comp = plugins.get("denoiser", case.backbone)
+    denoiser = comp.build(comp.make_config(case.preset), ctx)
+    ctx = ctx.for_denoiser(denoiser)
+    lab = plugins.get("conditioner", "label")
+    conditioner = lab.build(lab.make_config(), ctx)
+    sched = plugins.get("scheduler", case.scheduler)
+    scheduler = sched.build(sched.make_config(), ctx)
+    return denoiser.to(case.device), conditioner.to(case.device), scheduler
+
+
+def batch(case: Case, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = case.latent_size
+    x0 = torch.randn(case.batch, 4, s, s, generator=g).to(case.device)
+    y = torch.randint(0, LABELS, (case.batch,), generator=g).to(case.device)
+    return x0, y
+
+
+def accelerator(case: Case) -> Accelerator:
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=case.device == "cpu")
+
+
+def training(case: Case, seed: int = 0) -> DenoiserTraining:
+    """udiff's stage-2 step object for the case (AdamW, warm-up, clipping, EMA)."""
+    denoiser, conditioner, scheduler = modules(case, seed)
+    t = TrainingConfig(gradient_checkpointing=case.gradient_checkpointing, ema_decay=0.999)
+    return DenoiserTraining(accelerator(case), denoiser, conditioner, scheduler, t)
+
+
+class BareTraining:
+    """The hand-written baseline: the same modules, batch, objective, AdamW, clipping and EMA as
+    a diffusers training script writes them, with no framework in between."""
+
+    def __init__(self, case: Case, seed: int = 0) -> None:
+        self.denoiser, self.conditioner, self.scheduler = modules(case, seed)
+        self.params = list(self.denoiser.parameters()) + list(self.conditioner.parameters())
+        t = TrainingConfig()
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.ema = [p.detach().clone() for p in self.params]
+
+    def step(self, x0, y) -> float:
+        s = self.scheduler
+        noise = torch.randn_like(x0)
+        t = s.sample_timesteps(len(x0), x0.device)
+        pred = self.denoiser(s.add_noise(x0, noise, t), t, self.conditioner(y))[:, : x0.shape[1]]
+        loss = F.mse_loss(pred, s.target(x0, noise, t))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1e-3)
+        return loss.item()
+
+
+def sampler_name(case: Case) -> str:
+    family = plugins.get("scheduler", case.scheduler).meta.get("family")
+    return "flow" if family == "flow" else "ddim"
+
+
+def pipeline(case: Case, seed: int = 0) -> Pipeline:
+    """A Pipeline over the case's (untrained) modules; no autoencoder: the suite times the
+    denoising loop, where sampling spends its time."""
+    denoiser, conditioner, _ = modules(case, seed)
+    sched = plugins.get("scheduler", case.scheduler)
+    return Pipeline(torch.nn.Identity(), denoiser, conditioner, case.scheduler,
+                    sched.make_config(), [str(i) for i in range(LABELS)], 1.0, context(case))
+
+
+def noise_and_labels(case: Case, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = case.latent_size
+    return (torch.randn(case.batch, 4, s, s, generator=g),
+            torch.arange(case.batch) % LABELS)
+
+
+def udiff_sample(pipe: Pipeline, case: Case, noise, labels) -> torch.Tensor:
+    sched = pipe.scheduler(sampler_name(case))
+    return pipe.denoise(labels, noise, case.steps, case.guidance, sched)
+
+
+@torch.no_grad()
+def bare_sample(pipe: Pipeline, case: Case, noise, labels) -> torch.Tensor:
+    """The same denoiser and diffusers scheduler in a hand-written CFG loop."""
+    sampler = pipe.scheduler(sampler_name(case)).sampler  # the diffusers object itself
+    sampler.set_timesteps(case.steps, device=case.device)
+    dev = case.device
+    cond = pipe.conditioner(torch.cat([labels, torch.full_like(labels, LABELS)]).to(dev))
+    x = noise.to(dev) * getattr(sampler, "init_noise_sigma", 1.0)
+    for t in sampler.timesteps:
+        inp = torch.cat([x, x])
+        if hasattr(sampler, "scale_model_input"):
+            inp = sampler.scale_model_input(inp, t)
+        c, u = pipe.denoiser(inp, t.expand(len(inp)), cond)[:, : x.shape[1]].chunk(2)
+        x = sampler.step(u + case.guidance * (c - u), t, x).prev_sample
+    return x
+
+
+def size(case: Case) -> dict:
+    """Parameters and MACs of one denoiser forward at batch 1, on the meta device."""
+    meta = Case(**{**case.as_dict(), "device": "meta", "batch": 1})
+    with torch.device("meta"):
+        denoiser, conditioner, _ = modules(meta)
+        x0, y = (torch.zeros(1, 4, case.latent_size, case.latent_size),
+                 torch.zeros(1, dtype=torch.long))
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            denoiser.eval()(x0, torch.zeros(1), conditioner.eval()(y))
+    return {"params": sum(p.numel() for p in denoiser.parameters()),
+            "macs_per_forward": counter.get_total_flops() // 2}

@@ -1,0 +1,102 @@
+"""pytest options of the benchmark suite (``-p udiff.bench.plugin``); ``udiff bench`` sets them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from .. import plugins
+from .cases import Case
+
+UPGRADE_PATH = ("unet", "dit", "flux")  # the report's column order; the first is the baseline
+CHECKPOINTING_CASES = [("flux", "small", 128), ("dit", "small", 64), ("unet", "tiny", 128)]
+
+
+@dataclass
+class Settings:
+    backbones: list[str]
+    preset: str
+    batches: list[int]
+    device: str
+    quick: bool
+    latent_size: int = 8
+    rounds: int = 5
+    pairs: int = 5
+    steps: int = 10
+    skipped: list[str] = field(default_factory=list)
+
+    def cases(self) -> list[Case]:
+        return [Case(b, self.preset, n, self.device, self.latent_size, steps=self.steps,
+                     scheduler=plugins.get("denoiser", b).meta.get("default_scheduler", "ddpm"))
+                for b in self.backbones for n in self.batches]
+
+    def checkpointing_case(self) -> Case:
+        """A case where activations dominate (measured: flux small b128 0.54, dit small b64
+        0.56, unet tiny b128 0.65 on 16x16 latents): the first of these installed."""
+        for backbone, preset, batch in CHECKPOINTING_CASES:
+            if backbone in self.backbones:
+                return Case(backbone, preset, batch, self.device, latent_size=16)
+        return self.ratio_case(batch=64, latent_size=16)
+
+    def gap_backbone(self) -> str:
+        """The backbone whose tiny preset trains fastest on the digits (measured: flux, then
+        dit), for the sampler-accuracy ratio."""
+        return next((b for b in ("flux", "dit") if b in self.backbones), self.backbones[0])
+
+    def ratio_case(self, batch: int | None = None, **over) -> Case:
+        """The first backbone's case: what the overhead ratios are measured on."""
+        return Case(**{"backbone": self.backbones[0], "preset": self.preset,
+                       "batch": batch or self.batches[0], "device": self.device,
+                       "latent_size": self.latent_size, "steps": self.steps, **over})
+
+
+def settings_from(config) -> Settings:
+    opt = config.getoption
+    quick = opt("udiff_quick")
+    installed = sorted(plugins.registry().components["denoiser"],
+                       key=lambda n: (UPGRADE_PATH.index(n) if n in UPGRADE_PATH else 99, n))
+    wanted = [b for b in (opt("udiff_backbones") or "").split(",") if b] or installed
+    preset = opt("udiff_preset") or ("tiny" if quick else "bench")
+    missing = [b for b in wanted if b not in installed]
+    if missing:
+        raise pytest.UsageError(f"backbone(s) not installed: {', '.join(missing)} (installed: "
+                                f"{', '.join(installed)})")
+    no_preset = [b for b in wanted if preset not in plugins.get("denoiser", b).presets]
+    backbones = [b for b in wanted if b not in no_preset]
+    if not backbones:
+        raise pytest.UsageError(f"no installed backbone has preset {preset!r}")
+    batches = [int(b) for b in (opt("udiff_batches") or ("8" if quick else "16,64")).split(",")]
+    return Settings(backbones, preset, batches, opt("udiff_device"), quick,
+                    latent_size=8 if quick else 16, rounds=5 if quick else 10,
+                    pairs=5 if quick else 9, steps=10 if quick else 50, skipped=no_preset)
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("udiff-bench")
+    g.addoption("--udiff-backbones", help="comma-separated backbones (default: all installed)")
+    g.addoption("--udiff-preset", help="preset of every backbone (default: bench, quick: tiny)")
+    g.addoption("--udiff-batches", help="comma-separated batch sizes")
+    g.addoption("--udiff-device", default="cpu", choices=["cpu", "cuda"])
+    g.addoption("--udiff-quick", action="store_true", help="tiny presets, few rounds")
+
+
+def pytest_configure(config):
+    config.udiff_bench = settings_from(config)
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        cases = metafunc.config.udiff_bench.cases()
+        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+@pytest.fixture
+def settings(request) -> Settings:
+    s = request.config.udiff_bench
+    if s.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device here")
+    return s

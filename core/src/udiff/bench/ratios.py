@@ -1,0 +1,129 @@
+"""The ratios ``ratios.json`` reports, each the median of paired runs (A B A B ...)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import plugins
+from ..components import Context
+from ..config import resolve
+from .cases import BareTraining, Case, bare_sample, batch, noise_and_labels, pipeline, training, udiff_sample
+from .memory import peak_mb
+
+TARGETS = {  # key: (comparison, target); compile_speedup is reported without a CPU target
+    "train_overhead": ("<=", 1.03), "sample_overhead": ("<=", 1.03),
+    "latent_cache_speedup": (">=", 3.0), "checkpointing_memory_ratio": ("<=", 0.6),
+    "dpm20_vs_ddim50_accuracy_gap": (">=", -0.02),
+}
+
+
+def timed(fn: Callable) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(a: Callable, b: Callable, pairs: int, warmup: int = 1) -> dict:
+    """Median of time(a) / time(b) over ``pairs`` alternating runs, plus each side's median."""
+    for _ in range(warmup):
+        a(), b()
+    ta, tb = [], []
+    for _ in range(pairs):
+        ta.append(timed(a))
+        tb.append(timed(b))
+    return {"ratio": statistics.median(x / y for x, y in zip(ta, tb, strict=True)),
+            "a_seconds": statistics.median(ta), "b_seconds": statistics.median(tb),
+            "pairs": pairs}
+
+
+def train_overhead(case: Case, pairs: int) -> dict:
+    """udiff's training step ÷ the bare loop, same modules, batch and optimizer."""
+    ours, bare = training(case), BareTraining(case)
+    x0, y = batch(case)
+    # Steps of a few ms: more pairs and warm-up than the slow ratios, or noise dominates.
+    return paired(lambda: ours.step(x0, y), lambda: bare.step(x0, y), 3 * pairs, warmup=3)
+
+
+def sample_overhead(case: Case, pairs: int) -> dict:
+    """udiff's sampler ÷ a bare loop over the same denoiser and diffusers scheduler."""
+    pipe = pipeline(case)
+    noise, labels = noise_and_labels(case)
+    return paired(lambda: udiff_sample(pipe, case, noise, labels),
+                  lambda: bare_sample(pipe, case, noise, labels), 3 * pairs, warmup=2)
+
+
+def latent_cache_speedup(case: Case, pairs: int, autoencoder: str = "sd") -> dict:
+    """Step time encoding RGB images through the autoencoder every step ÷ with cached latents
+    (= cached throughput ÷ encoding throughput). Default: Stable Diffusion's VAE layout, 8x."""
+    comp = plugins.get("autoencoder", "kl")
+    ae = comp.build(comp.make_config(autoencoder), Context(image_channels=3)).to(case.device)
+    ae.eval().requires_grad_(False)
+    side = case.latent_size * ae.downsample
+    images = torch.randn(case.batch, 3, side, side, device=case.device)
+    ours = training(case)
+    x0, y = batch(case)
+
+    def encoding():
+        with torch.no_grad():
+            latents = ae.encode(images)
+        ours.step(latents, y)
+
+    out = paired(encoding, lambda: ours.step(x0, y), pairs)
+    return out | {"autoencoder": f"kl/{autoencoder}", "image_side": side}
+
+
+def checkpointing(case: Case, pairs: int) -> dict:
+    """Peak training memory and step time with gradient checkpointing ÷ without."""
+    on = Case(**{**case.as_dict(), "gradient_checkpointing": True})
+    mem_on, mem_off = peak_mb(on, ("train",))["train"], peak_mb(case, ("train",))["train"]
+    a, b = training(on), training(case)
+    x0, y = batch(case)
+    t = paired(lambda: a.step(x0, y), lambda: b.step(x0, y), pairs)
+    return {"memory_ratio": mem_on / mem_off, "time_ratio": t["ratio"], "peak_mb_on": mem_on,
+            "peak_mb_off": mem_off, "case": case.id, "latent_size": case.latent_size}
+
+
+def compile_speedup(case: Case, pairs: int) -> dict:
+    """Sampling with ``torch.compile`` on the denoiser ÷ eager; compile time reported apart."""
+    eager, compiled = pipeline(case), pipeline(case)
+    compiled.compile()
+    noise, labels = noise_and_labels(case)
+    compile_seconds = timed(lambda: udiff_sample(compiled, case, noise, labels))
+    t = paired(lambda: udiff_sample(eager, case, noise, labels),
+               lambda: udiff_sample(compiled, case, noise, labels), pairs, warmup=0)
+    return {"speedup": t["ratio"], "compile_seconds": compile_seconds,
+            "eager_seconds": t["a_seconds"], "compiled_seconds": t["b_seconds"]}
+
+
+def solver_gap(backbone: str, quick: bool, device: str = "cpu") -> dict:
+    """Label accuracy of DPM-Solver++ 20 steps minus DDIM 50 steps, one tiny digits model
+    (epsilon objective); both samplers start from the same noise."""
+    from ..data import load_digits
+    from ..evaluate import accuracy, train_reference
+    from ..sampling import load
+    from ..training import train
+
+    steps, per_label, epochs = (1200, 50, 15) if quick else (4000, 100, 40)
+    cfg = resolve(overrides={
+        "denoiser": {"name": backbone, "preset": "tiny"}, "scheduler": {"name": "ddpm"},
+        "training": {"autoencoder_steps": 150 if quick else 300, "max_steps": steps,
+                     "batch_size": 48, "lr": 2e-3, "ema_decay": 0.995, "device": device},
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train(cfg, Path(tmp) / "run", progress=False)
+        pipe = load(run, device)
+        digits = load_digits(cfg.data.image_size)
+        classifier, reference = train_reference(digits, epochs=epochs, progress=False)
+        acc = {}
+        for name, n in (("dpm++", 20), ("ddim", 50)):
+            images, labels = pipe.sample_tensor(range(10), per_label, n, 3.0, 0, name)
+            acc[name] = accuracy(classifier, images, labels)[0]
+    return {"gap": acc["dpm++"] - acc["ddim"], "dpm20_accuracy": acc["dpm++"],
+            "ddim50_accuracy": acc["ddim"], "samples": 10 * per_label, "denoiser_steps": steps,
+            "reference_accuracy": reference, "backbone": backbone, "guidance": 3.0}

@@ -1,0 +1,80 @@
+"""The benchmark cases (pytest-benchmark). Figures go into ``benchmark.extra_info`` so that
+``--benchmark-json`` and ``pytest-benchmark compare`` carry them."""
+
+from __future__ import annotations
+
+from . import ratios
+from .cases import batch, noise_and_labels, pipeline, size, training, udiff_sample
+from .memory import peak_mb
+
+_probes: dict = {}
+
+
+def memory(case, phase: str) -> float:
+    """Both phases of a case come from one fresh subprocess (see udiff.bench.memory)."""
+    if case not in _probes:
+        _probes[case] = peak_mb(case)
+    return _probes[case][phase]
+
+MEMORY_METHOD = {"cpu": "peak RSS of a fresh subprocess above its post-import RSS",
+                 "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats"}
+
+
+def describe(benchmark, case, kind: str, **extra) -> None:
+    benchmark.extra_info.update(kind=kind, case=case.id, **case.as_dict(), **size(case),
+                                memory_method=MEMORY_METHOD[case.device], **extra)
+
+
+def test_train_step(benchmark, settings, case):
+    """One optimizer step (forward + backward + AdamW, through udiff's training step)."""
+    trainer = training(case)
+    x0, y = batch(case)
+    describe(benchmark, case, "train", peak_mb=memory(case, "train"))
+    benchmark.pedantic(trainer.step, args=(x0, y), rounds=settings.rounds, warmup_rounds=1)
+
+
+def test_sample(benchmark, settings, case):
+    """``case.batch`` images, ``case.steps`` steps, CFG on (two denoiser passes per step)."""
+    pipe = pipeline(case)
+    noise, labels = noise_and_labels(case)
+    describe(benchmark, case, "sample", peak_mb=memory(case, "sample"),
+             images_per_call=case.batch)
+    benchmark.pedantic(udiff_sample, args=(pipe, case, noise, labels),
+                       rounds=max(2, settings.rounds // 2), warmup_rounds=1)
+
+
+def record(benchmark, key: str, measure) -> None:
+    """Run ``measure`` once under the benchmark clock; its result is the ratio ``key``."""
+    result = {}
+    benchmark.pedantic(lambda: result.update(measure()), rounds=1, iterations=1)
+    benchmark.extra_info.update(kind="ratio", key=key, **result)
+
+
+def test_train_overhead(benchmark, settings):
+    record(benchmark, "train_overhead",
+           lambda: ratios.train_overhead(settings.ratio_case(), settings.pairs))
+
+
+def test_sample_overhead(benchmark, settings):
+    record(benchmark, "sample_overhead",
+           lambda: ratios.sample_overhead(settings.ratio_case(), settings.pairs))
+
+
+def test_latent_cache_speedup(benchmark, settings):
+    record(benchmark, "latent_cache_speedup",
+           lambda: ratios.latent_cache_speedup(settings.ratio_case(), settings.pairs))
+
+
+def test_checkpointing(benchmark, settings):
+    record(benchmark, "checkpointing",
+           lambda: ratios.checkpointing(settings.checkpointing_case(), settings.pairs))
+
+
+def test_dpm20_vs_ddim50_accuracy_gap(benchmark, settings):
+    record(benchmark, "dpm20_vs_ddim50_accuracy_gap",
+           lambda: ratios.solver_gap(settings.gap_backbone(), settings.quick, settings.device))
+
+
+def test_compile_speedup(benchmark, settings):
+    record(benchmark, "compile_speedup",
+           lambda: ratios.compile_speedup(settings.ratio_case(), settings.pairs))
