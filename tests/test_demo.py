@@ -12,7 +12,11 @@ from udiff import plugins
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["unet", "dit", "flux"])
+@pytest.mark.parametrize("backbone", [
+    "unet",  # the README's command: in the suite
+    pytest.param("dit", marks=pytest.mark.acceptance),  # after the suite (.ci/run)
+    pytest.param("flux", marks=pytest.mark.acceptance),
+])
 def test_demo_meets_target(tmp_path, backbone):
     if backbone not in plugins.registry().components["denoiser"]:
         pytest.skip(f"udiff-{backbone} is not installed")

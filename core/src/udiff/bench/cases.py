@@ -35,6 +35,7 @@ class Case:
     steps: int = 10  # sampling steps per image
     guidance: float = 3.0
     gradient_checkpointing: bool = False
+    mixed_precision: str = "no"  # accelerate's: "no", "bf16", "fp16"
 
     @property
     def id(self) -> str:
@@ -74,7 +75,7 @@ def batch(case: Case, seed: int = 0):
 
 def accelerator(case: Case) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=case.device == "cpu")
+    return Accelerator(cpu=case.device == "cpu", mixed_precision=case.mixed_precision)
 
 
 def training(case: Case, seed: int = 0) -> DenoiserTraining:

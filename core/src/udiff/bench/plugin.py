@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from .. import plugins
+from ..errors import UdiffError
 from .cases import Case
 
 UPGRADE_PATH = ("unet", "dit", "flux")  # the report's column order; the first is the baseline
@@ -51,25 +52,39 @@ class Settings:
                        "latent_size": self.latent_size, "steps": self.steps, **over})
 
 
-def settings_from(config) -> Settings:
-    opt = config.getoption
-    quick = opt("udiff_quick")
+def make_settings(backbones: str | None = None, preset: str | None = None,
+                  batches: str | None = None, device: str = "cpu", quick: bool = False) -> Settings:
+    """Validated settings; a backbone without the preset is skipped (``Settings.skipped``)."""
     installed = sorted(plugins.registry().components["denoiser"],
                        key=lambda n: (UPGRADE_PATH.index(n) if n in UPGRADE_PATH else 99, n))
-    wanted = [b for b in (opt("udiff_backbones") or "").split(",") if b] or installed
-    preset = opt("udiff_preset") or ("tiny" if quick else "bench")
+    wanted = [b.strip() for b in (backbones or "").split(",") if b.strip()] or installed
+    preset = preset or ("tiny" if quick else "bench")
     missing = [b for b in wanted if b not in installed]
     if missing:
-        raise pytest.UsageError(f"backbone(s) not installed: {', '.join(missing)} (installed: "
-                                f"{', '.join(installed)})")
+        raise UdiffError(f"--backbones: not installed: {', '.join(missing)} (installed: "
+                         f"{', '.join(installed) or 'none'})")
     no_preset = [b for b in wanted if preset not in plugins.get("denoiser", b).presets]
-    backbones = [b for b in wanted if b not in no_preset]
-    if not backbones:
-        raise pytest.UsageError(f"no installed backbone has preset {preset!r}")
-    batches = [int(b) for b in (opt("udiff_batches") or ("8" if quick else "16,64")).split(",")]
-    return Settings(backbones, preset, batches, opt("udiff_device"), quick,
-                    latent_size=8 if quick else 16, rounds=5 if quick else 10,
-                    pairs=5 if quick else 9, steps=10 if quick else 50, skipped=no_preset)
+    chosen = [b for b in wanted if b not in no_preset]
+    if not chosen:
+        raise UdiffError(f"--preset: no chosen backbone has preset {preset!r}")
+    try:
+        sizes = [int(b) for b in (batches or ("8" if quick else "16,64")).split(",")]
+    except ValueError:
+        raise UdiffError(f"--batches: {batches!r} is not a comma-separated list of integers") from None
+    if any(n < 1 for n in sizes):
+        raise UdiffError(f"--batches: batch sizes must be positive, got {batches!r}")
+    return Settings(chosen, preset, sizes, device, quick, latent_size=8 if quick else 16,
+                    rounds=5 if quick else 10, pairs=5 if quick else 9,
+                    steps=10 if quick else 50, skipped=no_preset)
+
+
+def settings_from(config) -> Settings:
+    opt = config.getoption
+    try:
+        return make_settings(opt("udiff_backbones"), opt("udiff_preset"), opt("udiff_batches"),
+                             opt("udiff_device"), opt("udiff_quick"))
+    except UdiffError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_addoption(parser):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 from ..errors import UdiffError
 from ..training import prepare_out
 from . import report, suite
+from .plugin import make_settings
 
 
 def run(out: str | Path, backbones: str | None = None, preset: str | None = None,
@@ -15,6 +17,12 @@ def run(out: str | Path, backbones: str | None = None, preset: str | None = None
         overwrite: bool = False) -> dict:
     import pytest
 
+    settings = make_settings(backbones, preset, batches, device, quick)  # errors before writing
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UdiffError("--device cuda: no CUDA device is available here")
     out = Path(out)
     prepare_out(out, overwrite)
     args = [suite.__file__, "-p", "udiff.bench.plugin", "-p", "no:cacheprovider", "-q",
@@ -33,4 +41,8 @@ def run(out: str | Path, backbones: str | None = None, preset: str | None = None
         code = pytest.main(["-c", str(ini), "--rootdir", tmp, *args])
     if code != 0 or not (out / "bench.json").exists():
         raise UdiffError(f"benchmark suite failed (pytest exit {int(code)}); see the output above")
-    return report.write(out / "bench.json", out)
+    rat = report.write(out / "bench.json", out)
+    if settings.skipped:
+        print(f"udiff: note: no preset {settings.preset!r} in {', '.join(settings.skipped)}; "
+              "skipped", file=sys.stderr)
+    return rat

@@ -54,6 +54,9 @@ PRESETS = {
     # The benchmark harness's matched size: ~6.2 M, like unet/dit `bench` (within 10%).
     "bench": {"num_layers": 2, "num_single_layers": 1, "num_attention_heads": 4,
               "attention_head_dim": 64, "axes_dims_rope": (16, 24, 24), "joint_attention_dim": 256},
+    # DiT-XL/2-sized Flux (709 M at 32x32x4 latents; DiT-XL/2: 675 M), for the GPU benchmark.
+    "xl": {"num_layers": 8, "num_single_layers": 16, "num_attention_heads": 16,
+           "attention_head_dim": 72, "axes_dims_rope": (8, 32, 32), "joint_attention_dim": 1152},
     # FLUX.1-dev's transformer: 11,901,408,320 parameters with its 16-channel VAE latents.
     "dev": {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24,
             "attention_head_dim": 128, "axes_dims_rope": (16, 56, 56),
