@@ -50,7 +50,7 @@ def overrides_from(args) -> dict[str, Any]:
     put("autoencoder", "preset", getattr(args, "autoencoder_preset", None))
     put("autoencoder", "from_run", getattr(args, "autoencoder", None))
     for flag in ("max_steps", "autoencoder_steps", "seed", "batch_size", "lr", "mixed_precision",
-                 "attention", "device"):
+                 "attention", "device", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         put("training", flag, getattr(args, flag, None))
     for flag in ("gradient_checkpointing", "compile"):
         if getattr(args, flag, False):
@@ -74,7 +74,10 @@ def cmd_train(args) -> int:
     from .training import train
 
     cfg = resolve_config(args)
-    out = train(cfg, args.out, overwrite=args.overwrite)
+    if args.resume and args.overwrite:
+        raise UdiffError("--resume continues what --out holds; --overwrite would replace it: "
+                         "choose one")
+    out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
     print(f"trained run written to {out}")
     return 0
 
@@ -192,6 +195,13 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=int)
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest complete checkpoint")
+    s.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="resumable checkpoint every N steps of each stage (default 500)")
+    s.add_argument("--keep-checkpoints", type=int, metavar="K", help="checkpoints kept (default 2)")
+    s.add_argument("--max-nonfinite", type=int, metavar="N",
+                   help="stop after N consecutive non-finite losses (default 20)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")

@@ -67,6 +67,11 @@ class TrainingConfig(Strict):
     attention: Literal["sdpa", "xformers"] = Field("sdpa", description="Attention backend.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     seed: int = Field(0, description="Seed of weights, data order and noise.")
+    checkpoint_every: int = Field(500, ge=0, description="Resumable checkpoint every N optimizer "
+                                  "steps of each stage (0 = only on Ctrl-C).")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept (newest).")
+    max_nonfinite: int = Field(20, ge=1, description="Stop after this many consecutive "
+                               "non-finite losses (each is skipped and counted).")
 
 
 class SamplingConfig(Strict):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,10 +28,40 @@ import udiff
 
 from . import data as datasets
 from . import plugins
-from .checkpoint import RUN_FILE, component_of, load_component, save_component, write_json
+from .checkpoint import RUN_FILE, atomic_write, component_of, load_component, save_component, write_json
 from .components import Context
 from .config import ComponentChoice, TrainConfig, to_toml
 from .errors import UdiffError
+from .resume import DIR as CHECKPOINTS
+from .resume import LOCK, Checkpointer, RunLock, set_rng_state
+
+
+def say(line: str) -> None:
+    print(f"udiff: {line}", file=sys.stderr)
+
+
+OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "max_nonfinite")  # may change on resume
+
+
+def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
+    """The first field where ``cfg`` differs from a run's saved config.toml, if any."""
+    import tomllib
+
+    old = tomllib.loads(saved_toml.read_text())
+    new = tomllib.loads(to_toml(cfg))
+    for d in (old, new):
+        for key in OPERATIONAL:
+            d.get("training", {}).pop(key, None)
+    if old == new:
+        return None
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                key = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[0]
+                return f"{section}.{key}: {a.get(key)!r} then, {b.get(key)!r} now"
+            return f"[{section}]"
+    return None
 
 
 class EMA:
@@ -52,12 +86,13 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out holding anything unless --overwrite; never delete the user's files."""
     if out.exists() and not out.is_dir():
         raise UdiffError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             what = "a run" if (out / "config.toml").exists() else "files"
             raise UdiffError(f"--out {out} already holds {what}; choose a new --out or pass "
                              "--overwrite")
         (out / RUN_FILE).unlink(missing_ok=True)  # the old run is no longer complete
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # nor are its checkpoints
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -104,26 +139,65 @@ def set_attention(module: nn.Module, backend: str) -> None:
         raise UdiffError(f"xformers is installed but does not work here: {e}") from None
 
 
-def infinite(loader):
-    while True:
-        yield from loader
+class Batches:
+    """Endless shuffled batches whose position is exactly resumable.
+
+    The loader's sampler draws each epoch's permutation from ``generator`` when the epoch starts;
+    the generator's state at that moment plus the batches taken since are the position."""
+
+    def __init__(self, loader, generator: torch.Generator) -> None:
+        self.loader, self.generator = loader, generator
+        self.it, self.epoch_state, self.taken = None, None, 0
+
+    def __next__(self):
+        if self.it is None:
+            self.epoch_state, self.taken = self.generator.get_state(), 0
+            self.it = iter(self.loader)
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            self.it = None
+            return next(self)
+        self.taken += 1
+        return batch
+
+    def position(self) -> dict:
+        if self.it is None:  # at an epoch boundary: the next epoch starts from here
+            return {"epoch_generator": self.generator.get_state(), "taken": 0}
+        return {"epoch_generator": self.epoch_state, "taken": self.taken}
+
+    def restore(self, position: dict) -> None:
+        self.generator.set_state(position["epoch_generator"])
+        self.epoch_state, self.it = self.generator.get_state(), iter(self.loader)
+        for _ in range(position["taken"]):
+            next(self.it)
+        self.taken = position["taken"]
+
+
+def shuffled(dataset, batch_size: int, seed: int) -> Batches:
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         drop_last=len(dataset) > batch_size, generator=gen)
+    return loader, gen
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, resume: bool = False) -> None:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.overwrite = overwrite
+        self.overwrite, self.resume = overwrite, resume
         self.log_path = self.out / "log.jsonl"
+        self.checkpoints = Checkpointer(self.out, cfg.training.keep_checkpoints)
+        self.interrupted = False
 
     def log(self, **row) -> None:
         if self.accelerator.is_main_process:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def bar(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, disable=not (self.progress and
-                                                         self.accelerator.is_main_process))
+    def bar(self, total: int, desc: str, initial: int = 0):
+        return tqdm(total=total, initial=initial, desc=desc,
+                    disable=not (self.progress and self.accelerator.is_main_process))
 
     # -- components ------------------------------------------------------------------------
     def scheduler_choice(self):
@@ -131,6 +205,57 @@ class Trainer:
             return self.cfg.scheduler
         den = plugins.get("denoiser", self.cfg.denoiser.name)
         return ComponentChoice(name=den.meta.get("default_scheduler", "ddpm"))
+
+    # -- resume and interruption -----------------------------------------------------------
+    def start(self) -> Path | None:
+        """Prepare --out; with --resume, the checkpoint to continue from (None: from scratch)."""
+        if not self.resume:
+            prepare_out(self.out, self.overwrite)
+            return None
+        saved = self.out / "config.toml"
+        if (self.out / RUN_FILE).exists():
+            raise UdiffError(f"--resume: the run in {self.out} is already complete")
+        if not saved.exists():
+            prepare_out(self.out, False)
+            say(f"--resume: nothing to resume in {self.out}; starting the run from the beginning")
+            return None
+        differs = config_difference(self.cfg, saved)
+        if differs:
+            raise UdiffError(f"--resume: the run in {self.out} was started with another "
+                             f"configuration ({differs}); resume with the same flags or config")
+        latest = self.checkpoints.latest()
+        if latest is None:
+            say(f"--resume: no complete checkpoint in {self.out}; starting the run from the "
+                "beginning")
+        else:
+            say(f"--resume: continuing from {latest.name}")
+        return latest
+
+    def checkpoint_due(self, step: int, last: int) -> bool:
+        every = self.cfg.training.checkpoint_every
+        return self.interrupted or (every > 0 and step % every == 0 and step < last)
+
+    def save_checkpoint(self, stage: str, step: int, modules: dict, optimizer, lr_scheduler,
+                        batches: Batches, ema=None, extra: dict | None = None) -> None:
+        if self.accelerator.is_main_process:
+            self.checkpoints.save(stage, step, modules, optimizer, lr_scheduler, ema,
+                                  batches.position(), extra)
+        self.accelerator.wait_for_everyone()
+        if self.interrupted:
+            say(f"interrupted: checkpoint {stage} step {step} saved; continue with --resume")
+            raise KeyboardInterrupt
+
+    def restore(self, checkpoint: Path, modules: dict, optimizer, lr_scheduler,
+                batches: Batches, ema=None) -> dict:
+        got = Checkpointer.load(checkpoint, modules, optimizer, lr_scheduler, ema)
+        batches.restore(got["data"])
+        set_rng_state(*got["rng"])
+        return got["state"]
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.interrupted = True
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> Path:
@@ -145,32 +270,53 @@ class Trainer:
         require_attention(cfg.training.attention)
         data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
         self.accelerator = make_accelerator(cfg)
-        prepare_out(self.out, self.overwrite)
-        start = time.time()
-        set_seed(cfg.training.seed)
-        (self.out / "config.toml").write_text(to_toml(cfg))
+        if self.out.exists() and not self.out.is_dir():
+            raise UdiffError(f"--out {self.out} exists and is not a directory")
+        self.out.mkdir(parents=True, exist_ok=True)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with RunLock(self.out):
+            previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+            try:
+                return self._run(data, sched_comp, sched_cfg)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
 
+    def _run(self, data, sched_comp, sched_cfg) -> Path:
+        cfg = self.cfg
+        checkpoint = self.start()
+        stage = Checkpointer.state(checkpoint)["stage"] if checkpoint else None
+        start = time.time()
+        if checkpoint is None:
+            (self.out / "config.toml").write_text(to_toml(cfg))
+        set_seed(cfg.training.seed)
         ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                       num_labels=len(data.label_names))
-        autoencoder, ae_comp, ae_cfg, scaling = self.stage1(data, ctx)
+        if stage == "denoiser":  # stage 1 finished before the checkpoint: its results are saved
+            autoencoder, _ = load_component(self.out / "autoencoder", "autoencoder", ctx)
+            latents = safetensors.torch.load_file(str(self.out / "latents.safetensors"))["latents"]
+        else:
+            autoencoder, ae_comp, ae_cfg, scaling = self.stage1(
+                data, ctx, checkpoint if stage == "autoencoder" else None)
+            latents = self.encode(autoencoder, data.images)
+            # SD's scaling_factor: latents of unit variance for the diffusion schedule.
+            scaling = scaling or float(1.0 / latents.std())
+            latents = latents * scaling
+            save_component(self.out / "autoencoder", ae_comp, ae_cfg, autoencoder,
+                           scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
+            if self.accelerator.is_main_process:
+                atomic_write(self.out / "latents.safetensors", lambda p: safetensors.torch.save_file(
+                    {"latents": latents.contiguous()}, str(p)))
         ctx = ctx.replace(latent_channels=autoencoder.latent_channels,
                           latent_size=cfg.data.image_size // autoencoder.downsample)
-        latents = self.encode(autoencoder, data.images)
-        # SD's scaling_factor: latents of unit variance for the diffusion schedule.
-        scaling = scaling or float(1.0 / latents.std())
-        latents = latents * scaling
-        save_component(self.out / "autoencoder", ae_comp, ae_cfg, autoencoder,
-                       scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
-        if self.accelerator.is_main_process:
-            safetensors.torch.save_file({"latents": latents.contiguous()},
-                                        str(self.out / "latents.safetensors"))
 
         set_seed(cfg.training.seed + 1)
         den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
         ctx = ctx.for_denoiser(denoiser)
         cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
         scheduler = sched_comp.build(sched_cfg, ctx)
-        self.stage2(denoiser, conditioner, scheduler, latents, data.labels)
+        self.stage2(denoiser, conditioner, scheduler, latents, data.labels,
+                    checkpoint if stage == "denoiser" else None)
 
         save_component(self.out / "denoiser", den_comp, den_cfg, denoiser,
                        preset=cfg.denoiser.preset, ema=cfg.training.ema_decay > 0)
@@ -179,11 +325,12 @@ class Trainer:
         save_component(self.out / "scheduler", sched_comp, sched_cfg, None)
         write_json(self.out / RUN_FILE, {
             "udiff_version": udiff.__version__, "labels": data.label_names,
-            "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0}, "wall_seconds": time.time() - start,
+            "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
+            "wall_seconds": time.time() - start,
         })
         return self.out
 
-    def stage1(self, data: datasets.LabelledImages, ctx: Context):
+    def stage1(self, data: datasets.LabelledImages, ctx: Context, checkpoint: Path | None):
         """The autoencoder, its (component, config), and its scaling factor if already known."""
         cfg, acc = self.cfg, self.accelerator
         choice = cfg.autoencoder
@@ -197,16 +344,18 @@ class Trainer:
         self.check_latent_grid(autoencoder)
         t = cfg.training
         opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(data.images), batch_size=t.autoencoder_batch_size,
-            shuffle=True, drop_last=len(data) > t.autoencoder_batch_size,
-            generator=torch.Generator().manual_seed(t.seed))
+        loader, gen = shuffled(torch.utils.data.TensorDataset(data.images),
+                               t.autoencoder_batch_size, t.seed)
         autoencoder, opt, loader = acc.prepare(autoencoder, opt, loader)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, t.autoencoder_steps))
-        batches = infinite(loader)
+        batches = Batches(loader, gen)
+        modules = {"autoencoder": acc.unwrap_model(autoencoder)}
+        first = 0
+        if checkpoint is not None:
+            first = self.restore(checkpoint, modules, opt, sched, batches)["step"]
         autoencoder.train()
-        with self.bar(t.autoencoder_steps, "stage 1: autoencoder") as bar:
-            for step in range(t.autoencoder_steps):
+        with self.bar(t.autoencoder_steps, "stage 1: autoencoder", first) as bar:
+            for step in range(first, t.autoencoder_steps):
                 (images,) = next(batches)
                 with acc.autocast():
                     loss, logs = acc.unwrap_model(autoencoder).loss(images)
@@ -218,6 +367,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if step % 50 == 0 or step == t.autoencoder_steps - 1:
                     self.log(stage="autoencoder", step=step, loss=loss.item(), **logs)
+                if self.checkpoint_due(step + 1, t.autoencoder_steps):
+                    self.save_checkpoint("autoencoder", step + 1, modules, opt, sched, batches)
         return acc.unwrap_model(autoencoder).eval(), comp, config, None
 
     def check_latent_grid(self, autoencoder: nn.Module) -> None:
@@ -234,25 +385,33 @@ class Trainer:
                           for i in range(0, len(images), 256)])
 
     def stage2(self, denoiser: nn.Module, conditioner: nn.Module, scheduler,
-               latents: torch.Tensor, labels: torch.Tensor) -> None:
+               latents: torch.Tensor, labels: torch.Tensor, checkpoint: Path | None) -> None:
         """Train ``denoiser`` and ``conditioner`` in place; they end holding the EMA weights."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
         training = DenoiserTraining(acc, denoiser, conditioner, scheduler, t)
-        loader = acc.prepare(torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(latents, labels), batch_size=t.batch_size,
-            shuffle=True, drop_last=len(labels) > t.batch_size,
-            generator=torch.Generator().manual_seed(t.seed + 2)))
-        batches = infinite(loader)
-        with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}") as bar:
+        loader, gen = shuffled(torch.utils.data.TensorDataset(latents, labels), t.batch_size,
+                               t.seed + 2)
+        batches = Batches(acc.prepare(loader), gen)
+        modules = {"denoiser": denoiser, "conditioner": conditioner}
+        if checkpoint is not None:
+            state = self.restore(checkpoint, modules, training.optimizer, training.lr_scheduler,
+                                 batches, training.ema)
+            training.steps, training.nonfinite = state["step"], state["nonfinite"]
+        with self.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}", training.steps) as bar:
             while training.steps < t.max_steps:
                 loss = training.step(*next(batches))
                 if loss is None:
-                    continue  # accumulating micro-batches
+                    continue  # accumulating micro-batches, or a skipped non-finite step
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if training.steps % 50 == 0 or training.steps == t.max_steps:
                     self.log(stage="denoiser", step=training.steps, loss=loss,
-                             lr=training.lr_scheduler.get_last_lr()[0])
+                             lr=training.lr_scheduler.get_last_lr()[0],
+                             skipped_nonfinite=training.skipped)
+                if self.checkpoint_due(training.steps, t.max_steps):
+                    self.save_checkpoint("denoiser", training.steps, modules, training.optimizer,
+                                         training.lr_scheduler, batches, training.ema,
+                                         {"nonfinite": training.nonfinite})
         training.finish()
 
 
@@ -268,10 +427,7 @@ def objective_loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.
     weight = scheduler.loss_weight(ts)
     if weight is not None:
         per_sample = per_sample * weight
-    loss = per_sample.mean()
-    if not math.isfinite(loss.item()):
-        raise UdiffError("training diverged: the loss is not finite (lower training.lr)")
-    return loss
+    return per_sample.mean()
 
 
 class DenoiserTraining:
@@ -303,12 +459,26 @@ class DenoiserTraining:
         self.denoiser.train()
         self.conditioner.train()
         self.steps = 0  # completed optimizer steps
+        self.max_nonfinite = t.max_nonfinite
+        self.nonfinite = 0  # consecutive non-finite losses
+        self.skipped = 0  # all skipped steps of this process
 
     def step(self, x0: torch.Tensor, y: torch.Tensor) -> float | None:
-        """One micro-batch; returns the loss when it completed an optimizer step, else None."""
+        """One micro-batch; returns the loss when it completed an optimizer step, else None
+        (accumulating, or a non-finite loss skipped: no update, counted)."""
         acc = self.accelerator
         with acc.accumulate(self.denoiser, self.conditioner):
             loss = objective_loss(self.denoiser, self.conditioner, self.scheduler, x0, y)
+            if not math.isfinite(loss.item()):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite += 1
+                self.skipped += 1
+                if self.nonfinite >= self.max_nonfinite:
+                    raise UdiffError(f"training stopped: {self.nonfinite} consecutive non-finite "
+                                     f"losses at step {self.steps} (lower training.lr); the last "
+                                     "complete checkpoint is kept")
+                return None
+            self.nonfinite = 0
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.params, 1.0)
@@ -328,6 +498,7 @@ class DenoiserTraining:
             self.ema.copy_to(self.params)
 
 
-def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
-    return Trainer(cfg, out, overwrite, progress).run()
+def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+          resume: bool = False):
+    return Trainer(cfg, out, overwrite, progress, resume).run()
 

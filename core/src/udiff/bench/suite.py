@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from . import ratios
 from .cases import batch, noise_and_labels, pipeline, size, training, udiff_sample
 from .memory import peak_mb
@@ -50,31 +52,17 @@ def record(benchmark, key: str, measure) -> None:
     benchmark.extra_info.update(kind="ratio", key=key, **result)
 
 
-def test_train_overhead(benchmark, settings):
-    record(benchmark, "train_overhead",
-           lambda: ratios.train_overhead(settings.ratio_case(), settings.pairs))
+RATIOS = {  # ratios.json key (checkpointing gives two) -> its measurement
+    "train_overhead": lambda s: ratios.train_overhead(s.ratio_case(), s.pairs),
+    "sample_overhead": lambda s: ratios.sample_overhead(s.ratio_case(), s.pairs),
+    "latent_cache_speedup": lambda s: ratios.latent_cache_speedup(s.ratio_case(), s.pairs),
+    "checkpointing": lambda s: ratios.checkpointing(s.checkpointing_case(), s.pairs),
+    "dpm20_vs_ddim50_accuracy_gap": lambda s: ratios.solver_gap(s.gap_backbone(), s.quick,
+                                                                s.device),
+    "compile_speedup": lambda s: ratios.compile_speedup(s.ratio_case(), s.pairs),
+}
 
 
-def test_sample_overhead(benchmark, settings):
-    record(benchmark, "sample_overhead",
-           lambda: ratios.sample_overhead(settings.ratio_case(), settings.pairs))
-
-
-def test_latent_cache_speedup(benchmark, settings):
-    record(benchmark, "latent_cache_speedup",
-           lambda: ratios.latent_cache_speedup(settings.ratio_case(), settings.pairs))
-
-
-def test_checkpointing(benchmark, settings):
-    record(benchmark, "checkpointing",
-           lambda: ratios.checkpointing(settings.checkpointing_case(), settings.pairs))
-
-
-def test_dpm20_vs_ddim50_accuracy_gap(benchmark, settings):
-    record(benchmark, "dpm20_vs_ddim50_accuracy_gap",
-           lambda: ratios.solver_gap(settings.gap_backbone(), settings.quick, settings.device))
-
-
-def test_compile_speedup(benchmark, settings):
-    record(benchmark, "compile_speedup",
-           lambda: ratios.compile_speedup(settings.ratio_case(), settings.pairs))
+@pytest.mark.parametrize("key", RATIOS)
+def test_ratio(benchmark, settings, key):
+    record(benchmark, key, lambda: RATIOS[key](settings))

@@ -1,0 +1,221 @@
+"""Resumable training checkpoints: what a killed run needs to continue bit for bit.
+
+``RUN/checkpoints/<stage>-<step>/`` holds the trained modules, the optimizer (tensors as
+safetensors, the rest as JSON), the LR schedule, the EMA, every RNG state (python, numpy, torch,
+CUDA) and the data position, with ``COMPLETE`` written last. A checkpoint is written into a
+temporary folder beside it, every file fsynced, then renamed into place; retention deletes older
+checkpoints only after the new one is complete. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import UdiffError
+
+DIR = "checkpoints"
+MARKER = "COMPLETE"
+LOCK = ".lock"
+STAGES = ("autoencoder", "denoiser")  # in training order
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- RNG and optimizer state as tensors + JSON ---------------------------------------------------
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {"python": [version, list(state), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def optimizer_state(opt) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def set_optimizer_state(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# -- one checkpoint -------------------------------------------------------------------------------
+class Checkpointer:
+    """Writes, finds and loads the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: Path, keep: int = 2) -> None:
+        self.root = Path(run_dir) / DIR
+        self.keep = keep
+
+    def name(self, stage: str, step: int) -> str:
+        return f"{STAGES.index(stage)}-{stage}-{step:09d}"
+
+    def save(self, stage: str, step: int, modules: dict[str, nn.Module], optimizer,
+             lr_scheduler, ema=None, data: dict | None = None, extra: dict | None = None) -> Path:
+        final = self.root / self.name(stage, step)
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            files: dict[str, tuple[dict[str, torch.Tensor], dict | None]] = {}
+            for key, module in modules.items():
+                safetensors.torch.save_model(module, str(tmp / f"{key}.safetensors"))
+            files["optimizer"] = optimizer_state(optimizer)
+            files["rng"] = rng_state()
+            if ema is not None:
+                files["ema"] = ({str(i): t for i, t in enumerate(ema.shadow)}, None)
+            data_tensors = {k: v for k, v in (data or {}).items() if torch.is_tensor(v)}
+            files["data"] = (data_tensors, {k: v for k, v in (data or {}).items()
+                                            if not torch.is_tensor(v)})
+            for key, (tensors, meta) in files.items():
+                if tensors:
+                    safetensors.torch.save_file(tensors, str(tmp / f"{key}.safetensors"))
+                if meta is not None:
+                    (tmp / f"{key}.json").write_text(json.dumps(meta))
+            (tmp / "state.json").write_text(json.dumps({
+                "stage": stage, "step": step, "lr_scheduler": lr_scheduler.state_dict(),
+                **(extra or {})}))
+            for f in tmp.iterdir():
+                _fsync(f)
+            (tmp / MARKER).write_text("ok\n")
+            _fsync(tmp / MARKER)
+            _fsync(tmp)
+            if final.exists():  # a re-run of the same step: replace the old copy
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync(self.root)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            what = "no space left on device" if e.errno == errno.ENOSPC else str(e)
+            prev = self.latest(warn=False)
+            kept = f"; the previous checkpoint {prev} is intact" if prev else ""
+            raise UdiffError(f"cannot write checkpoint {final.name}: {what}{kept}") from None
+        self.prune()
+        return final
+
+    def complete(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir()
+                      if not p.name.startswith(".") and (p / MARKER).is_file())
+
+    def prune(self) -> None:
+        for old in self.complete()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for tmp in self.root.glob(".tmp-*"):  # left by a killed writer (not this process's)
+            if not tmp.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def latest(self, warn: bool = True) -> Path | None:
+        """The newest complete checkpoint; incomplete ones are skipped with a warning."""
+        if warn and self.root.is_dir():
+            for p in sorted(self.root.iterdir()):
+                if not p.name.startswith(".") and not (p / MARKER).is_file():
+                    print(f"udiff: warning: skipping incomplete checkpoint {p}", file=sys.stderr)
+        done = self.complete()
+        return done[-1] if done else None
+
+    @staticmethod
+    def state(path: Path) -> dict:
+        return json.loads((path / "state.json").read_text())
+
+    @staticmethod
+    def load(path: Path, modules: dict[str, nn.Module], optimizer, lr_scheduler,
+             ema=None) -> dict:
+        """Restore everything saved in ``path``; returns state.json and the data position."""
+        try:
+            for key, module in modules.items():
+                safetensors.torch.load_model(module, str(path / f"{key}.safetensors"))
+            opt_t = safetensors.torch.load_file(str(path / "optimizer.safetensors")) if (
+                path / "optimizer.safetensors").exists() else {}
+            set_optimizer_state(optimizer, opt_t, json.loads((path / "optimizer.json").read_text()))
+            state = json.loads((path / "state.json").read_text())
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
+            if ema is not None:
+                shadow = safetensors.torch.load_file(str(path / "ema.safetensors"))
+                for i, t in enumerate(ema.shadow):
+                    t.copy_(shadow[str(i)])
+            data = json.loads((path / "data.json").read_text())
+            if (path / "data.safetensors").exists():
+                data.update(safetensors.torch.load_file(str(path / "data.safetensors")))
+            rng = safetensors.torch.load_file(str(path / "rng.safetensors"))
+            rng_meta = json.loads((path / "rng.json").read_text())
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UdiffError(f"checkpoint {path} cannot be loaded: {str(e).splitlines()[0]}") from None
+        return {"state": state, "data": data, "rng": (rng, rng_meta)}
+
+
+class RunLock:
+    """One ``udiff train`` per run directory: an exclusive flock on ``RUN/.lock``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UdiffError(f"--out {self.path.parent} is in use by another udiff train "
+                             f"(pid {holder}); wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # leave nothing behind in the user's folder
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,189 @@
+"""Training survives kills, Ctrl-C, a full disk and a second trainer, losing nothing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from udiff.resume import MARKER, Checkpointer, RunLock
+
+# Long enough that kills land in both stages and in checkpoint writes (a checkpoint every 3 steps).
+BASE = ["--data", "digits", "--backbone", "dit", "--preset", "tiny", "--batch-size", "16"]
+ARGS = [*BASE, "--autoencoder-steps", "30", "--max-steps", "60", "--checkpoint-every", "3",
+        "--keep-checkpoints", "2"]
+
+
+def fails_mid_run(cli, *argv, match: str) -> str:
+    """Exit 2, no traceback, and the error as the last stderr line (progress bars precede it)."""
+    code, _, err = cli(*argv)
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("udiff: error:") and match in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def train_proc(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "udiff", "train", *ARGS, "--out", str(out),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for part in ("autoencoder", "denoiser", "conditioner"):
+        for k, v in safetensors.torch.load_file(run / part / "model.safetensors").items():
+            out[f"{part}.{k}"] = v
+    return out
+
+
+def assert_checkpoints_load(run: Path) -> None:
+    for ckpt in Checkpointer(run).complete():
+        for f in ckpt.glob("*.safetensors"):
+            safetensors.torch.load_file(f)  # raises on a torn file
+        for f in ckpt.glob("*.json"):
+            json.loads(f.read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = train_proc(out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_uninterrupted(reference, tmp_path):
+    out, rng = tmp_path / "run", random.Random(7)
+    kills = 0
+    for attempt in range(12):
+        before = {p.name for p in Checkpointer(out).complete()}
+        proc = train_proc(out, *(["--resume"] if attempt else []))
+        if kills < 5:
+            # Wait for this process to be training (a new checkpoint), then kill at random.
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and not (
+                    {p.name for p in Checkpointer(out).complete()} - before):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGINT if kills == 2 else signal.SIGKILL)
+                _, err = proc.communicate(timeout=120)
+                if kills == 2 and proc.returncode != 0:  # Ctrl-C: checkpoint, then exit 130
+                    assert proc.returncode == 130 and "continue with --resume" in err, err[-800:]
+                kills += 1
+                assert_checkpoints_load(out)
+                if (out / "run.json").exists():  # the kill came after the run completed
+                    break
+                continue
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        break
+    assert kills >= 3 and (out / "run.json").exists()
+    ours, ref = weights(out), weights(reference)
+    assert ours.keys() == ref.keys()
+    worst = max((ours[k] - ref[k]).abs().max().item() for k in ref)
+    assert worst <= 1e-6, worst
+
+
+def test_incomplete_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()  # as if killed after its last checkpoint
+    ckpts = Checkpointer(out).complete()
+    assert len(ckpts) == 2  # --keep-checkpoints 2
+    torn = out / "checkpoints" / "1-denoiser-999999999"
+    torn.mkdir()
+    (torn / "denoiser.safetensors").write_bytes(b"\0" * 10)
+    proc = train_proc(out, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"skipping incomplete checkpoint {torn}" in err and ckpts[-1].name in err
+    ours, ref = weights(out), weights(reference)
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_resume_with_nothing_to_resume_starts_over(cli, tmp_path):
+    out = tmp_path / "fresh"
+    code, _, err = cli("train", *BASE, "--max-steps", "2", "--autoencoder-steps", "2",
+                       "--out", out, "--resume")
+    assert code == 0, err
+    assert "nothing to resume" in err and (out / "run.json").exists()
+    cli.fails("train", *BASE, "--max-steps", "2", "--autoencoder-steps", "2", "--out", out,
+              "--resume", match="already complete")
+
+
+def test_resume_with_another_config_is_refused(cli, reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    cli.fails("train", *ARGS, "--lr", "0.5", "--out", out, "--resume",
+              match="training.lr: 0.001 then, 0.5 now")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_second_trainer_on_the_same_out_is_refused(cli, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        line = cli.fails("train", *ARGS, "--out", out, match="in use by another udiff train")
+        assert f"pid {os.getpid()}" in line
+    assert not (out / ".lock").exists() and not any(out.iterdir())
+
+
+def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
+    import udiff.resume
+
+    calls = {"n": 0}
+    real = udiff.resume._fsync
+
+    def fsync(path):
+        calls["n"] += 1
+        if calls["n"] > 40:  # after a few complete checkpoints
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(udiff.resume, "_fsync", fsync)
+    out = tmp_path / "run"
+    line = fails_mid_run(cli, "train", *ARGS, "--out", out, match="no space left on device")
+    assert "is intact" in line
+    done = Checkpointer(out).complete()
+    assert done and not list((out / "checkpoints").glob(".tmp-*"))
+    assert_checkpoints_load(out)
+    assert all((c / MARKER).exists() for c in done)
+
+
+def test_nonfinite_losses_are_skipped_counted_and_bounded(cli, tmp_path, monkeypatch):
+    import udiff.training
+
+    real = udiff.training.objective_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] in (3, 4) or calls["n"] > 12 else loss
+
+    monkeypatch.setattr(udiff.training, "objective_loss", flaky)
+    out = tmp_path / "run"
+    line = fails_mid_run(cli, "train", *BASE, "--autoencoder-steps", "2", "--max-steps", "30",
+                         "--checkpoint-every", "4", "--max-nonfinite", "5", "--out", out,
+                         match="5 consecutive non-finite losses")
+    assert "at step 10" in line  # steps 1-10 completed; calls 3 and 4 were skipped
+    assert Checkpointer(out).latest(warn=False).name == "1-denoiser-000000008"
