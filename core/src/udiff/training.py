@@ -47,7 +47,10 @@ def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
     """The first field where ``cfg`` differs from a run's saved config.toml, if any."""
     import tomllib
 
-    old = tomllib.loads(saved_toml.read_text())
+    try:
+        old = tomllib.loads(saved_toml.read_text())
+    except (OSError, ValueError) as e:
+        raise UdiffError(f"--resume: cannot read {saved_toml}: {e}") from None
     new = tomllib.loads(to_toml(cfg))
     for d in (old, new):
         for key in OPERATIONAL:
@@ -288,7 +291,7 @@ class Trainer:
         stage = Checkpointer.state(checkpoint)["stage"] if checkpoint else None
         start = time.time()
         if checkpoint is None:
-            (self.out / "config.toml").write_text(to_toml(cfg))
+            atomic_write(self.out / "config.toml", lambda p: p.write_text(to_toml(cfg)))
         set_seed(cfg.training.seed)
         ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                       num_labels=len(data.label_names))
