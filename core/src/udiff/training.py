@@ -177,7 +177,8 @@ class Batches:
         self.taken = position["taken"]
 
 
-def shuffled(dataset, batch_size: int, seed: int) -> Batches:
+def shuffled(dataset, batch_size: int, seed: int):
+    """A shuffling DataLoader and the generator its sampler draws from (for :class:`Batches`)."""
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                          drop_last=len(dataset) > batch_size, generator=gen)
