@@ -39,7 +39,7 @@ def test_all_shows_builtins_with_every_role(cli):
         for role, names in p["provides"].items():
             provided.setdefault(role, []).extend(names)
     assert {"kl"} <= set(provided["autoencoder"])
-    assert {"ddpm", "ddim", "dpm++"} <= set(provided["scheduler"])
+    assert {"ddpm", "ddim", "dpm++", "flow"} <= set(provided["scheduler"])
     assert provided["conditioner"] == ["label"] and "unet" in provided["denoiser"]
 
 
