@@ -14,6 +14,17 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def forward_macs(denoiser: torch.nn.Module, conditioner: torch.nn.Module, ctx: Context) -> int:
+    """MACs of one denoiser forward at batch 1 (FLOPs / 2 as torch.utils.flop_counter counts
+    them); works on the meta device."""
+    x = torch.zeros(1, ctx.latent_channels, ctx.latent_size, ctx.latent_size)
+    labels = torch.zeros(1, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        denoiser.eval()(x, torch.zeros(1, dtype=torch.long), conditioner.eval()(labels))
+    return counter.get_total_flops() // 2
+
+
 def describe(cfg: TrainConfig, num_labels: int) -> dict:
     """``params`` (denoiser + conditioner), ``denoiser_params`` and ``macs_per_forward``
     (batch 1, one denoiser forward; FLOPs / 2 as torch.utils.flop_counter counts them)."""
@@ -28,14 +39,8 @@ def describe(cfg: TrainConfig, num_labels: int) -> dict:
         ctx = ctx.replace(latent_channels=ae.latent_channels, latent_size=size // ae.downsample)
         denoiser = build("denoiser", cfg.denoiser, ctx)
         ctx = ctx.for_denoiser(denoiser)
-        conditioner = build("conditioner", cfg.conditioner, ctx).eval()
-        x = torch.zeros(1, ctx.latent_channels, ctx.latent_size, ctx.latent_size)
-        t = torch.zeros(1, dtype=torch.long)
-        labels = torch.zeros(1, dtype=torch.long)
-        cond = conditioner(labels)
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            denoiser.eval()(x, t, cond)
+        conditioner = build("conditioner", cfg.conditioner, ctx)
+        macs = forward_macs(denoiser, conditioner, ctx)
     dp = count(denoiser)
     return {
         "backbone": cfg.denoiser.name, "preset": cfg.denoiser.preset,
@@ -43,5 +48,5 @@ def describe(cfg: TrainConfig, num_labels: int) -> dict:
                                              ctx.latent_size],
         "labels": num_labels, "params": dp + count(conditioner), "denoiser_params": dp,
         "conditioner_params": count(conditioner),
-        "macs_per_forward": counter.get_total_flops() // 2,
+        "macs_per_forward": macs,
     }

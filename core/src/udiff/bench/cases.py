@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from torch.utils.flop_counter import FlopCounterMode
 
 from .. import plugins
 from ..components import Context
 from ..config import TrainingConfig
+from ..info import forward_macs
 from ..sampling import Pipeline
 from ..training import DenoiserTraining
 
@@ -159,10 +159,5 @@ def size(case: Case) -> dict:
     meta = Case(**{**case.as_dict(), "device": "meta", "batch": 1})
     with torch.device("meta"):
         denoiser, conditioner, _ = modules(meta)
-        x0, y = (torch.zeros(1, 4, case.latent_size, case.latent_size),
-                 torch.zeros(1, dtype=torch.long))
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            denoiser.eval()(x0, torch.zeros(1), conditioner.eval()(y))
-    return {"params": sum(p.numel() for p in denoiser.parameters()),
-            "macs_per_forward": counter.get_total_flops() // 2}
+        macs = forward_macs(denoiser, conditioner, context(case))
+    return {"params": sum(p.numel() for p in denoiser.parameters()), "macs_per_forward": macs}
