@@ -27,7 +27,8 @@ def test_run_directory_layout(tiny_run):
     run = json.loads((tiny_run / "run.json").read_text())
     assert run["labels"] == [str(i) for i in range(10)]
     log = [json.loads(line) for line in (tiny_run / "log.jsonl").read_text().splitlines()]
-    assert {row["stage"] for row in log} == {"autoencoder", "denoiser"}
+    assert {row["stage"] for row in log} == {"autoencoder", "autoencoder_eval", "denoiser"}
+    assert run["autoencoder"]["held_out"] and run["autoencoder"]["psnr"] > 0
 
 
 def test_config_file_roundtrip_reproduces_the_run(cli, tiny_run, tmp_path):

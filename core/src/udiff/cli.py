@@ -50,7 +50,8 @@ def overrides_from(args) -> dict[str, Any]:
     put("autoencoder", "preset", getattr(args, "autoencoder_preset", None))
     put("autoencoder", "from_run", getattr(args, "autoencoder", None))
     for flag in ("max_steps", "autoencoder_steps", "seed", "batch_size", "lr", "mixed_precision",
-                 "attention", "device", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+                 "attention", "device", "checkpoint_every", "keep_checkpoints", "max_nonfinite",
+                 "validate_every", "log_with"):
         put("training", flag, getattr(args, flag, None))
     for flag in ("gradient_checkpointing", "compile"):
         if getattr(args, flag, False):
@@ -132,6 +133,17 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_run
+
+    m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.steps, args.scheduler,
+                           args.guidance, args.seed, args.inception_weights)
+    print(json.dumps({k: m[k] for k in ("label_accuracy", "reference_accuracy", "fid", "kid",
+                                        "fid_features", "diversity", "real_diversity")}))
+    print(f"metrics: {args.out}  picture: {args.out[:-5]}.png")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_diffusers
 
@@ -202,6 +214,10 @@ def build_parser() -> Parser:
     s.add_argument("--keep-checkpoints", type=int, metavar="K", help="checkpoints kept (default 2)")
     s.add_argument("--max-nonfinite", type=int, metavar="N",
                    help="stop after N consecutive non-finite losses (default 20)")
+    s.add_argument("--validate-every", type=int, metavar="N",
+                   help="sample a small grid and score its label accuracy every N steps")
+    s.add_argument("--log-with", choices=["none", "tensorboard"],
+                   help="also log to TensorBoard (<out>/tensorboard)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")
@@ -222,6 +238,20 @@ def build_parser() -> Parser:
     s.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     s.add_argument("--out", required=True, help="output .png")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("eval", help="label accuracy, FID/KID, diversity and autoencoder "
+                       "PSNR/SSIM of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--per-label", type=int, default=30, help="samples per label (default 30)")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    s.add_argument("--scheduler", help="sampler (default: dpm++ for noise runs, flow for flow)")
+    s.add_argument("--guidance", type=float, help="CFG scale (default: 6 noise, 2 flow)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--inception-weights", metavar="PATH",
+                   help="FID Inception weights (torch-fidelity's file); default: torch.hub's "
+                   "cache, else the reference classifier's features")
+    s.add_argument("--out", required=True, help="metrics .json (the PNG is written beside it)")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("export", help="write a run in another library's format")
     s.add_argument("run_dir")

@@ -42,11 +42,26 @@ class ConditionerChoice(ComponentChoice):
     name: str = Field("label", description="Registered conditioner name.")
 
 
+class AugmentConfig(Strict):
+    translate: int = Field(0, ge=0, le=64, description="Random crop of the image padded by N "
+                           "pixels (edges repeated): a translation by up to N; 0 = off.")
+    hflip: bool = Field(False, description="Random horizontal flip. Off by default: digits and "
+                        "handwriting must not be mirrored.")
+    copies: int = Field(4, ge=1, le=64, description="When augmenting: latents cached per image for "
+                        "stage 2 (the original and copies - 1 random augmentations, drawn once); "
+                        "stage 1 augments every batch afresh.")
+
+    @property
+    def active(self) -> bool:
+        return self.translate > 0 or self.hflip
+
+
 class DataConfig(Strict):
     source: str = Field("digits", description="'digits' (embedded) or a folder of label folders.")
     image_size: int = Field(16, ge=8, le=2048, description="Side of the square training images.")
     channels: Literal[1, 3] | None = Field(None, description="1 or 3; default 1 for digits, 3 "
                                            "for folders.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class TrainingConfig(Strict):
@@ -56,9 +71,14 @@ class TrainingConfig(Strict):
     autoencoder_batch_size: int = Field(64, ge=1, description="Stage-1 batch size.")
     lr: float = Field(1e-3, gt=0, le=1, description="Denoiser AdamW learning rate.")
     autoencoder_lr: float = Field(2e-3, gt=0, le=1, description="Stage-1 AdamW learning rate.")
+    autoencoder_holdout: float = Field(0.1, ge=0, lt=1, description="Fraction of each label "
+                                       "stage 1 never trains on; its PSNR/SSIM are reported.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the denoiser; 0 = off.")
+    offset_noise: float = Field(0.0, ge=0, le=1, description="Offset noise: a per-sample, "
+                                "per-channel constant of this scale added to the noise (0.1 is "
+                                "usual); 0 = off.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per step.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate's "
                                                            "mixed precision.")
@@ -72,6 +92,11 @@ class TrainingConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept (newest).")
     max_nonfinite: int = Field(20, ge=1, description="Stop after this many consecutive "
                                "non-finite losses (each is skipped and counted).")
+    validate_every: int = Field(0, ge=0, description="Every N denoiser steps (and at the end): a "
+                                "small sample grid and its label accuracy (EMA weights); 0 = off.")
+    validate_per_label: int = Field(4, ge=1, description="Validation samples per label.")
+    log_with: Literal["none", "tensorboard"] = Field("none", description="Also log to this "
+                                                     "accelerate tracker (in <run>/tensorboard).")
 
 
 class SamplingConfig(Strict):

@@ -28,17 +28,30 @@ class LabelledImages:
 
     def split(self, holdout: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
         """A seeded, per-label stratified split: (train, held-out)."""
-        rng = np.random.default_rng(seed)
-        test = []
-        for k in range(len(self.label_names)):
-            idx = np.flatnonzero(self.labels.numpy() == k)
-            rng.shuffle(idx)
-            test.extend(idx[: max(1, int(round(len(idx) * holdout)))])
-        mask = np.zeros(len(self), bool)
-        mask[test] = True
-        pick = lambda m: LabelledImages(self.images[torch.from_numpy(m)],  # noqa: E731
-                                        self.labels[torch.from_numpy(m)], self.label_names)
-        return pick(~mask), pick(mask)
+        keep, held = split_indices(self.labels, holdout, seed)
+        return self.subset(keep), self.subset(held)
+
+    def subset(self, index: torch.Tensor) -> LabelledImages:
+        return LabelledImages(self.images[index], self.labels[index], self.label_names)
+
+
+def split_indices(labels: torch.Tensor, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out): ``holdout`` of every label (at least one), seeded."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for k in labels.unique().tolist():
+        idx = np.flatnonzero(labels.numpy() == k)
+        rng.shuffle(idx)
+        mask[idx[: max(1, int(round(len(idx) * holdout)))]] = True
+    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
+
+
+def autoencoder_split(data: LabelledImages, holdout: float,
+                      seed: int) -> tuple[LabelledImages, LabelledImages | None]:
+    """Stage 1's images and the ones it never sees (scored by PSNR/SSIM); None when holdout=0."""
+    if holdout <= 0:
+        return data, None
+    return data.split(holdout, seed)
 
 
 def load(source: str, image_size: int, channels: int | None = None) -> LabelledImages:
@@ -106,3 +119,19 @@ def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def augment(images: torch.Tensor, translate: int, hflip: bool,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random translation (pad by ``translate`` with repeated edges, crop back at a random offset)
+    and optional horizontal flip, per image: ``[B, C, S, S]`` -> same shape."""
+    b, _, s, _ = images.shape
+    if translate:
+        padded = F.pad(images, (translate,) * 4, mode="replicate")
+        dy, dx = torch.randint(0, 2 * translate + 1, (2, b), generator=generator)
+        images = torch.stack([padded[i, :, y:y + s, x:x + s]
+                              for i, (y, x) in enumerate(zip(dy.tolist(), dx.tolist(), strict=True))])
+    if hflip:
+        flip = torch.rand(b, generator=generator) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return images

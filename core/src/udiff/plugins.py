@@ -25,6 +25,7 @@ ROLES = ("autoencoder", "denoiser", "scheduler", "conditioner")
 HOOKS = {role: f"register_{role}s" for role in ROLES}
 BUILTINS = (
     "udiff.builtins.autoencoder_kl",
+    "udiff.builtins.autoencoder_vq",
     "udiff.builtins.noise_schedulers",
     "udiff.builtins.flow_scheduler",
     "udiff.builtins.label_conditioner",

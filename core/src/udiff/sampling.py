@@ -21,13 +21,15 @@ class Pipeline:
 
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, conditioner: nn.Module,
                  scheduler_name: str, scheduler_config, label_names: list[str],
-                 scaling_factor: float, context: Context) -> None:
+                 scaling_factor: float, context: Context, freeze: bool = True) -> None:
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.scheduler_name, self.scheduler_config = scheduler_name, scheduler_config
         self.label_names, self.scaling_factor, self.context = label_names, scaling_factor, context
         self.latent_shape = (context.latent_channels, context.latent_size, context.latent_size)
         for m in (autoencoder, denoiser, conditioner):
-            m.eval().requires_grad_(False)
+            m.eval()
+            if freeze:  # freeze=False: modules still in training (validation samples from them)
+                m.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,16 +31,24 @@ from . import plugins
 from .checkpoint import RUN_FILE, atomic_write, component_of, load_component, save_component, write_json
 from .components import Context
 from .config import ComponentChoice, TrainConfig, to_toml
+from .curves import training_curves
 from .errors import UdiffError
+from .evaluate import sampler_for
+from .images import grid
+from .quality import reconstruction
+from .reference import accuracy, train_reference
 from .resume import DIR as CHECKPOINTS
 from .resume import LOCK, Checkpointer, RunLock, set_rng_state
+from .sampling import Pipeline
 
 
 def say(line: str) -> None:
     print(f"udiff: {line}", file=sys.stderr)
 
 
-OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "max_nonfinite")  # may change on resume
+# May change on resume: they neither touch the weights nor draw from the training RNG.
+OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "max_nonfinite", "validate_every",
+               "validate_per_label", "log_with")
 
 
 def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
@@ -99,7 +107,7 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
     t = cfg.training
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     if t.device == "cuda" and not torch.cuda.is_available():
@@ -108,10 +116,24 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # tests) may ask for other precision. Keep the process group (PartialState), reset the rest.
     AcceleratorState._reset_state(reset_partial_state=False)
     try:
+        tracking = t.log_with != "none" and out is not None
         return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision,
-                           gradient_accumulation_steps=t.gradient_accumulation_steps)
+                           gradient_accumulation_steps=t.gradient_accumulation_steps,
+                           log_with=t.log_with if tracking else None,
+                           project_config=ProjectConfiguration(
+                               project_dir=str(out), logging_dir=str(out / "tensorboard"))
+                           if tracking else None)
     except (ValueError, RuntimeError) as e:
         raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
+
+
+def require_tracker(name: str) -> None:
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UdiffError("--log-with tensorboard needs the extra: pip install "
+                             "'udiff-core[tensorboard]'") from None
 
 
 def require_attention(backend: str) -> None:
@@ -193,11 +215,17 @@ class Trainer:
         self.log_path = self.out / "log.jsonl"
         self.checkpoints = Checkpointer(self.out, cfg.training.keep_checkpoints)
         self.interrupted = False
+        self.reconstruction: dict | None = None
 
     def log(self, **row) -> None:
+        """One JSONL row; with a tracker, its numbers too (as ``stage/key`` at the row's step)."""
         if self.accelerator.is_main_process:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.cfg.training.log_with != "none":
+            self.accelerator.log({f"{row['stage']}/{k}": v for k, v in row.items()
+                                  if k not in ("stage", "step") and type(v) in (int, float)},
+                                 step=row["step"])
 
     def bar(self, total: int, desc: str, initial: int = 0):
         return tqdm(total=total, initial=initial, desc=desc,
@@ -272,17 +300,21 @@ class Trainer:
         sched_comp = plugins.get("scheduler", sched_choice.name)
         sched_cfg = sched_comp.make_config(sched_choice.preset, sched_choice.options)
         require_attention(cfg.training.attention)
+        require_tracker(cfg.training.log_with)
         data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
-        self.accelerator = make_accelerator(cfg)
+        self.accelerator = make_accelerator(cfg, self.out)
         if self.out.exists() and not self.out.is_dir():
             raise UdiffError(f"--out {self.out} exists and is not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
         in_main_thread = threading.current_thread() is threading.main_thread()
         with RunLock(self.out):
             previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+            if cfg.training.log_with != "none":
+                self.accelerator.init_trackers("udiff")
             try:
                 return self._run(data, sched_comp, sched_cfg)
             finally:
+                self.accelerator.end_training()
                 if previous is not None:
                     signal.signal(signal.SIGINT, previous)
 
@@ -297,12 +329,16 @@ class Trainer:
         ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                       num_labels=len(data.label_names))
         if stage == "denoiser":  # stage 1 finished before the checkpoint: its results are saved
-            autoencoder, _ = load_component(self.out / "autoencoder", "autoencoder", ctx)
-            latents = safetensors.torch.load_file(str(self.out / "latents.safetensors"))["latents"]
+            autoencoder, meta = load_component(self.out / "autoencoder", "autoencoder", ctx)
+            cache = safetensors.torch.load_file(str(self.out / "latents.safetensors"))
+            latents, labels = cache["latents"], cache["labels"]
+            scaling = meta["scaling_factor"]
+            self.score_autoencoder(autoencoder, data)
         else:
             autoencoder, ae_comp, ae_cfg, scaling = self.stage1(
                 data, ctx, checkpoint if stage == "autoencoder" else None)
-            latents = self.encode(autoencoder, data.images)
+            images, labels = self.cached_images(data)
+            latents = self.encode(autoencoder, images)
             # SD's scaling_factor: latents of unit variance for the diffusion schedule.
             scaling = scaling or float(1.0 / latents.std())
             latents = latents * scaling
@@ -310,7 +346,7 @@ class Trainer:
                            scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
             if self.accelerator.is_main_process:
                 atomic_write(self.out / "latents.safetensors", lambda p: safetensors.torch.save_file(
-                    {"latents": latents.contiguous()}, str(p)))
+                    {"latents": latents.contiguous(), "labels": labels.contiguous()}, str(p)))
         ctx = ctx.replace(latent_channels=autoencoder.latent_channels,
                           latent_size=cfg.data.image_size // autoencoder.downsample)
 
@@ -319,8 +355,13 @@ class Trainer:
         ctx = ctx.for_denoiser(denoiser)
         cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
         scheduler = sched_comp.build(sched_cfg, ctx)
-        self.stage2(denoiser, conditioner, scheduler, latents, data.labels,
-                    checkpoint if stage == "denoiser" else None)
+        validation = None
+        if cfg.training.validate_every:
+            validation = Validation(self, data, Pipeline(
+                autoencoder, denoiser, conditioner, sched_comp.name, sched_cfg, data.label_names,
+                scaling, ctx, freeze=False))
+        self.stage2(denoiser, conditioner, scheduler, latents, labels,
+                    checkpoint if stage == "denoiser" else None, validation)
 
         save_component(self.out / "denoiser", den_comp, den_cfg, denoiser,
                        preset=cfg.denoiser.preset, ema=cfg.training.ema_decay > 0)
@@ -330,8 +371,10 @@ class Trainer:
         write_json(self.out / RUN_FILE, {
             "udiff_version": udiff.__version__, "labels": data.label_names,
             "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
-            "wall_seconds": time.time() - start,
+            "wall_seconds": time.time() - start, "autoencoder": self.reconstruction,
         })
+        if self.accelerator.is_main_process:
+            training_curves(self.log_path, self.out / "training.png")
         return self.out
 
     def stage1(self, data: datasets.LabelledImages, ctx: Context, checkpoint: Path | None):
@@ -343,12 +386,15 @@ class Trainer:
             comp, config, meta = component_of(folder, "autoencoder")
             autoencoder, _ = load_component(folder, "autoencoder", ctx)
             self.check_latent_grid(autoencoder)
-            return autoencoder.to(acc.device).eval(), comp, config, meta["scaling_factor"]
+            autoencoder = autoencoder.to(acc.device).eval()
+            self.score_autoencoder(autoencoder, data)
+            return autoencoder, comp, config, meta["scaling_factor"]
         comp, config, autoencoder = plugins.build("autoencoder", choice, ctx)
         self.check_latent_grid(autoencoder)
-        t = cfg.training
+        t, aug = cfg.training, cfg.data.augment
+        train_part, _ = datasets.autoencoder_split(data, t.autoencoder_holdout, t.seed)
         opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
-        loader, gen = shuffled(torch.utils.data.TensorDataset(data.images),
+        loader, gen = shuffled(torch.utils.data.TensorDataset(train_part.images),
                                t.autoencoder_batch_size, t.seed)
         autoencoder, opt, loader = acc.prepare(autoencoder, opt, loader)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, t.autoencoder_steps))
@@ -361,6 +407,8 @@ class Trainer:
         with self.bar(t.autoencoder_steps, "stage 1: autoencoder", first) as bar:
             for step in range(first, t.autoencoder_steps):
                 (images,) = next(batches)
+                if aug.active:  # the global RNG: its state is in every checkpoint
+                    images = datasets.augment(images, aug.translate, aug.hflip)
                 with acc.autocast():
                     loss, logs = acc.unwrap_model(autoencoder).loss(images)
                 acc.backward(loss)
@@ -373,7 +421,30 @@ class Trainer:
                     self.log(stage="autoencoder", step=step, loss=loss.item(), **logs)
                 if self.checkpoint_due(step + 1, t.autoencoder_steps):
                     self.save_checkpoint("autoencoder", step + 1, modules, opt, sched, batches)
-        return acc.unwrap_model(autoencoder).eval(), comp, config, None
+        autoencoder = acc.unwrap_model(autoencoder).eval()
+        self.score_autoencoder(autoencoder, data)
+        return autoencoder, comp, config, None
+
+    def score_autoencoder(self, autoencoder: nn.Module, data: datasets.LabelledImages) -> None:
+        """PSNR/SSIM of the autoencoder on the images stage 1 never saw (all, if none held out)."""
+        t = self.cfg.training
+        _, held = datasets.autoencoder_split(data, t.autoencoder_holdout, t.seed)
+        r = reconstruction(autoencoder, (held or data).images) | {"held_out": held is not None}
+        self.reconstruction = r
+        self.log(stage="autoencoder_eval", step=t.autoencoder_steps, **r)
+        say(f"autoencoder: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f} on {r['images']} "
+            f"{'held-out' if r['held_out'] else 'training'} images")
+
+    def cached_images(self, data: datasets.LabelledImages) -> tuple[torch.Tensor, torch.Tensor]:
+        """What stage 2 learns from: every image, plus ``copies - 1`` augmented copies drawn once
+        from a seeded generator (the cache is fixed, so augmentation must happen here)."""
+        aug = self.cfg.data.augment
+        if not aug.active:
+            return data.images, data.labels
+        gen = torch.Generator().manual_seed(self.cfg.training.seed + 3)
+        copies = [data.images] + [datasets.augment(data.images, aug.translate, aug.hflip, gen)
+                                  for _ in range(aug.copies - 1)]
+        return torch.cat(copies), data.labels.repeat(aug.copies)
 
     def check_latent_grid(self, autoencoder: nn.Module) -> None:
         size, f = self.cfg.data.image_size, autoencoder.downsample
@@ -389,7 +460,8 @@ class Trainer:
                           for i in range(0, len(images), 256)])
 
     def stage2(self, denoiser: nn.Module, conditioner: nn.Module, scheduler,
-               latents: torch.Tensor, labels: torch.Tensor, checkpoint: Path | None) -> None:
+               latents: torch.Tensor, labels: torch.Tensor, checkpoint: Path | None,
+               validation: Validation | None = None) -> None:
         """Train ``denoiser`` and ``conditioner`` in place; they end holding the EMA weights."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
         training = DenoiserTraining(acc, denoiser, conditioner, scheduler, t)
@@ -412,6 +484,9 @@ class Trainer:
                     self.log(stage="denoiser", step=training.steps, loss=loss,
                              lr=training.lr_scheduler.get_last_lr()[0],
                              skipped_nonfinite=training.skipped)
+                if validation and (training.steps % t.validate_every == 0
+                                   or training.steps == t.max_steps):
+                    self.log(stage="validation", step=training.steps, **validation(training))
                 if self.checkpoint_due(training.steps, t.max_steps):
                     self.save_checkpoint("denoiser", training.steps, modules, training.optimizer,
                                          training.lr_scheduler, batches, training.ema,
@@ -419,9 +494,13 @@ class Trainer:
         training.finish()
 
 
-def objective_loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor):
+def objective_loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor,
+                   offset_noise: float = 0.0):
     """Objective-agnostic: the scheduler supplies timesteps, noisy input and target."""
     noise = torch.randn_like(x0)
+    if offset_noise:  # a constant per sample and channel: lets the model shift mean brightness
+        noise = noise + offset_noise * torch.randn(*x0.shape[:2], *[1] * (x0.ndim - 2),
+                                                   device=x0.device, dtype=x0.dtype)
     ts = scheduler.sample_timesteps(len(x0), x0.device)
     noisy = scheduler.add_noise(x0, noise, ts)
     target = scheduler.target(x0, noise, ts)
@@ -464,6 +543,7 @@ class DenoiserTraining:
         self.conditioner.train()
         self.steps = 0  # completed optimizer steps
         self.max_nonfinite = t.max_nonfinite
+        self.offset_noise = t.offset_noise
         self.nonfinite = 0  # consecutive non-finite losses
         self.skipped = 0  # all skipped steps of this process
 
@@ -472,7 +552,8 @@ class DenoiserTraining:
         (accumulating, or a non-finite loss skipped: no update, counted)."""
         acc = self.accelerator
         with acc.accumulate(self.denoiser, self.conditioner):
-            loss = objective_loss(self.denoiser, self.conditioner, self.scheduler, x0, y)
+            loss = objective_loss(self.denoiser, self.conditioner, self.scheduler, x0, y,
+                                  self.offset_noise)
             if not math.isfinite(loss.item()):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite += 1
@@ -500,6 +581,44 @@ class DenoiserTraining:
         """Leave the EMA weights in the modules (what the run saves)."""
         if self.ema is not None:
             self.ema.copy_to(self.params)
+
+
+class Validation:
+    """Every ``validate_every`` steps: sample ``validate_per_label`` images per label with the EMA
+    weights, write ``validation/step-N.png`` and return the reference classifier's accuracy.
+
+    Runs under a forked RNG, so validating (or not) never changes the trained weights."""
+
+    def __init__(self, trainer: Trainer, data: datasets.LabelledImages, pipe: Pipeline) -> None:
+        self.trainer, self.pipe, self.data = trainer, pipe, data
+        t = trainer.cfg.training
+        with torch.random.fork_rng(devices=[]):
+            self.classifier, self.reference_accuracy = train_reference(data, seed=t.seed,
+                                                                       progress=False)
+        trainer.log(stage="reference", step=0, held_out_accuracy=self.reference_accuracy)
+
+    def __call__(self, training: DenoiserTraining) -> dict:
+        cfg, pipe = self.trainer.cfg, self.pipe
+        live = [p.detach().clone() for p in training.params]
+        if training.ema is not None:
+            training.ema.copy_to(training.params)
+        pipe.denoiser.eval(), pipe.conditioner.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                sampler, guidance = sampler_for(pipe, cfg.sampling.scheduler, None)
+                images, labels = pipe.sample_tensor(range(len(self.data.label_names)),
+                                                    cfg.training.validate_per_label,
+                                                    cfg.sampling.steps, guidance, 0, sampler)
+        finally:
+            with torch.no_grad():
+                for p, v in zip(training.params, live, strict=True):
+                    p.copy_(v)
+            pipe.denoiser.train(), pipe.conditioner.train()
+        if self.trainer.accelerator.is_main_process:
+            path = self.trainer.out / "validation" / f"step-{training.steps:06d}.png"
+            path.parent.mkdir(exist_ok=True)
+            grid(images, rows=len(self.data.label_names)).save(path)
+        return {"label_accuracy": accuracy(self.classifier, images, labels)[0]}
 
 
 def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True,

@@ -105,7 +105,7 @@ def solver_gap(backbone: str, quick: bool, device: str = "cpu") -> dict:
     """Label accuracy of DPM-Solver++ 20 steps minus DDIM 50 steps, one tiny digits model
     (epsilon objective); both samplers start from the same noise."""
     from ..data import load_digits
-    from ..evaluate import accuracy, train_reference
+    from ..reference import accuracy, train_reference
     from ..sampling import load
     from ..training import train
 

@@ -11,7 +11,9 @@ from torch import nn
 from udiff.hookspecs import hookimpl
 
 
-class KLConfig(BaseModel):
+class LayoutConfig(BaseModel):
+    """The encoder/decoder layout diffusers' AutoencoderKL and VQModel share."""
+
     model_config = ConfigDict(extra="forbid")
 
     block_out_channels: list[int] = Field([32, 64], min_length=1, description="Channels per "
@@ -19,7 +21,6 @@ class KLConfig(BaseModel):
     layers_per_block: int = Field(1, ge=1, description="ResNet layers per level.")
     latent_channels: int = Field(4, ge=1, description="Channels of the latent space.")
     norm_num_groups: int = Field(16, ge=1, description="GroupNorm groups (divides every width).")
-    kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term in the stage-1 loss.")
 
     @model_validator(mode="after")
     def _groups_divide(self):
@@ -29,6 +30,20 @@ class KLConfig(BaseModel):
                              f"block_out_channels (not {bad})")
         return self
 
+    def blocks(self, image_channels: int) -> dict:
+        """Constructor arguments of the diffusers model."""
+        levels = len(self.block_out_channels)
+        return dict(in_channels=image_channels, out_channels=image_channels,
+                    down_block_types=("DownEncoderBlock2D",) * levels,
+                    up_block_types=("UpDecoderBlock2D",) * levels,
+                    block_out_channels=tuple(self.block_out_channels),
+                    layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
+                    norm_num_groups=self.norm_num_groups)
+
+
+class KLConfig(LayoutConfig):
+    kl_weight: float = Field(1e-6, ge=0, description="Weight of the KL term in the stage-1 loss.")
+
 
 class KLAutoencoder(nn.Module):
     """``encode``: images ``[B, C, H, W]`` in [-1, 1] -> latents ``[B, c, H/f, W/f]`` (posterior
@@ -36,18 +51,10 @@ class KLAutoencoder(nn.Module):
 
     def __init__(self, config: KLConfig, image_channels: int) -> None:
         super().__init__()
-        levels = len(config.block_out_channels)
-        self.vae = AutoencoderKL(
-            in_channels=image_channels, out_channels=image_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=tuple(config.block_out_channels),
-            layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
-            norm_num_groups=config.norm_num_groups,
-        )
+        self.vae = AutoencoderKL(**config.blocks(image_channels))
         self.kl_weight = config.kl_weight
         self.latent_channels = config.latent_channels
-        self.downsample = 2 ** (levels - 1)
+        self.downsample = 2 ** (len(config.block_out_channels) - 1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images).latent_dist.mode()
@@ -62,9 +69,13 @@ class KLAutoencoder(nn.Module):
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         posterior = self.vae.encode(images).latent_dist
         recon = self.vae.decode(posterior.sample()).sample
-        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        rec = reconstruction_loss(recon, images)
         kl = posterior.kl().mean() / images[0].numel()
         return rec + self.kl_weight * kl, {"rec": rec.item(), "kl": kl.item()}
+
+
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(recon, images) + F.mse_loss(recon, images)
 
 
 PRESETS = {

@@ -1,7 +1,8 @@
 """Built-in noise-prediction schedulers ``ddpm``, ``ddim`` and ``dpm++`` (diffusers).
 
-All three share one training side (DDPM forward process, epsilon or v target); they differ only
-in how they sample, so a run trained with any of them can be sampled with any other.
+All three share one training side (DDPM forward process; epsilon, v or sample target; optional
+min-SNR-gamma weighting); they differ only in how they sample, so a run trained with any of them can
+be sampled with any other.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ class NoiseScheduleConfig(BaseModel):
         "linear", description="Noise schedule (DDPM's linear by default).")
     beta_start: float = Field(1e-4, gt=0, lt=1, description="First beta of the schedule.")
     beta_end: float = Field(0.02, gt=0, lt=1, description="Last beta of the schedule.")
-    prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        "epsilon", description="What the denoiser predicts.")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        "epsilon", description="What the denoiser predicts: the noise, v (Salimans & Ho) or x0.")
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang "
+                                    "et al. 2023; 5 is their choice); None = plain mean.")
 
 
 class NoiseScheduler(Scheduler):
     family = "noise"
 
     def __init__(self, config: NoiseScheduleConfig, sampler_cls, **sampler_kwargs) -> None:
-        common = config.model_dump()
+        common = config.model_dump(exclude={"snr_gamma"})  # a training-side option only
         # clip_sample would clip *latents* to [-1, 1]: wrong for latent diffusion.
         extra = {"clip_sample": False} if sampler_cls in (DDPMScheduler, DDIMScheduler) else {}
         super().__init__(config, sampler_cls(**common, **extra, **sampler_kwargs))
@@ -46,9 +49,25 @@ class NoiseScheduler(Scheduler):
         return self._train.add_noise(latents, noise, timesteps)
 
     def target(self, latents, noise, timesteps):
-        if self.config.prediction_type == "epsilon":
+        kind = self.config.prediction_type
+        if kind == "epsilon":
             return noise
+        if kind == "sample":
+            return latents
         return self._train.get_velocity(latents, noise, timesteps)
+
+    def loss_weight(self, timesteps):
+        """Min-SNR-gamma: ``min(SNR, gamma)`` expressed for the predicted quantity, so every
+        prediction type weights the implied x0 error alike (epsilon: /SNR, v: /(SNR + 1))."""
+        gamma = self.config.snr_gamma
+        if gamma is None:
+            return None
+        alpha_bar = self._train.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alpha_bar / (1 - alpha_bar)  # [B]
+        clipped = snr.clamp(max=gamma)
+        kind = self.config.prediction_type
+        return clipped / snr if kind == "epsilon" else clipped / (snr + 1) if kind == "v_prediction" \
+            else clipped
 
 
 SAMPLERS = {
