@@ -27,11 +27,15 @@ def test_demo_meets_target(tmp_path, backbone):
     assert {"backbone", "label_accuracy", "reference_accuracy", "wall_seconds"} <= set(metrics)
     assert metrics["backbone"] == backbone
     assert metrics["reference_accuracy"] >= 0.95, metrics
-    assert metrics["label_accuracy"] >= 0.90, metrics
-    # Not one sample per label: a collapsed model (flow at CFG 6: 0.48) fails; measured 0.64-0.85.
-    assert metrics["diversity"] >= 0.55 * metrics["real_diversity"], metrics
-    with Image.open(out / "samples.png") as im:
-        assert im.height > 9 * 16  # a row per label
+    assert metrics["label_accuracy"] >= 0.95, metrics  # issue 7's target for every backbone
+    assert metrics["fid_features"] == "reference_classifier"  # no Inception weights offline
+    assert metrics["fid_real_vs_real"] < metrics["fid"] and metrics["kid_real_vs_real"] < metrics["kid"]
+    assert metrics["autoencoder"]["held_out"] and metrics["autoencoder"]["psnr"] > 30, metrics
+    # Not one sample per label (feature-space diversity; measured 0.61 DiT, 0.81 Flux, 0.96 UNet).
+    assert metrics["diversity"] >= 0.5 * metrics["real_diversity"], metrics
+    for picture in ("samples.png", "metrics.png"):
+        with Image.open(out / picture) as im:
+            assert im.height > 9 * 16  # a row per label
     # A second demo into the same folder must not clobber it.
     again = run_udiff("demo", "--backbone", backbone, "--out", out)
     assert again.returncode == 2 and "already holds" in again.stderr

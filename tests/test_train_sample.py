@@ -86,7 +86,7 @@ def test_reuse_autoencoder_from_another_run(cli, tiny_run, tmp_path):
     a = (tiny_run / "autoencoder" / "model.safetensors").read_bytes()
     assert (out / "autoencoder" / "model.safetensors").read_bytes() == a
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert all(row["stage"] == "denoiser" for row in log)  # stage 1 skipped
+    assert {row["stage"] for row in log} == {"autoencoder_eval", "denoiser"}  # stage 1 skipped
 
 
 def test_training_lowers_the_loss(cli, tmp_path):

@@ -24,7 +24,8 @@ def training_curves(log: Path, png: Path) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), label=label)
     ax.set(xlabel="optimizer step (per stage)", ylabel="loss", yscale="log", title="training loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     if accuracy:
         ax = axes[0][1]
         ax.plot(*zip(*accuracy, strict=True), marker="o")

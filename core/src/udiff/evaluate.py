@@ -65,6 +65,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
     if per_label < 2:
         raise UdiffError("--per-label must be at least 2 (FID needs two samples per set)")
     weights = inception_weights(inception)
+    inception_net = InceptionFeatures(weights) if weights else None  # bad weights fail here
     pipe = load(run_dir)
     cfg = resolve(Path(run_dir) / "config.toml")
     sampler, guidance = sampler_for(pipe, scheduler, guidance)
@@ -77,7 +78,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
                                         seed, sampler, progress=progress)
     label_accuracy, per = accuracy(classifier, images, labels)
 
-    features = InceptionFeatures(weights) if weights else ClassifierFeatures(classifier)
+    features = inception_net or ClassifierFeatures(classifier)
     real, fake = embed(features, data.images), embed(features, images)
     names = data.label_names
     overall = fid_kid(real, fake, seed)

@@ -309,8 +309,6 @@ class Trainer:
         in_main_thread = threading.current_thread() is threading.main_thread()
         with RunLock(self.out):
             previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
-            if cfg.training.log_with != "none":
-                self.accelerator.init_trackers("udiff")
             try:
                 return self._run(data, sched_comp, sched_cfg)
             finally:
@@ -321,6 +319,8 @@ class Trainer:
     def _run(self, data, sched_comp, sched_cfg) -> Path:
         cfg = self.cfg
         checkpoint = self.start()
+        if cfg.training.log_with != "none":  # after start(): the tracker creates its folder
+            self.accelerator.init_trackers("udiff")
         stage = Checkpointer.state(checkpoint)["stage"] if checkpoint else None
         start = time.time()
         if checkpoint is None:
