@@ -129,7 +129,9 @@ def test_udiff_bench_quick_end_to_end(tmp_path):
     rat = json.loads((out / "ratios.json").read_text())
     assert set(rat) >= {"train_overhead", "sample_overhead", "latent_cache_speedup",
                         "checkpointing_memory_ratio", "checkpointing_time_ratio",
-                        "dpm20_vs_ddim50_accuracy_gap", "compile_speedup"}
+                        "dpm20_vs_ddim50_accuracy_gap", "compile_speedup", "lora_memory_ratio",
+                        "lora_trainable_fraction"}
+    assert 0 < rat["lora_trainable_fraction"] < 0.2  # adapters only, base frozen
     # Margins over the targets (report.md holds the targets themselves): the overheads (1.03)
     # against a busy CI machine, the checkpointing memory ratio (0.6) against the noise of peak
     # RSS (measured 0.537-0.601 over five runs of the same case).

@@ -30,7 +30,8 @@ def test_json_lists_unet_plugin_and_hides_builtins(cli):
     assert found["udiff-unet"]["provides"] == {"denoiser": ["unet"]}
     assert found["udiff-unet"]["error"] is None and found["udiff-unet"]["version"]
     assert not any(name.startswith("udiff.builtins") for name in found)
-    assert set(found["udiff-unet"]) == {"name", "version", "provides", "error"}
+    assert set(found["udiff-unet"]) == {"name", "version", "provides", "error", "init_formats"}
+    assert found["udiff-unet"]["init_formats"] == {"unet": ["diffusers UNet2DConditionModel folder"]}
 
 
 def test_all_shows_builtins_with_every_role(cli):

@@ -84,17 +84,31 @@ def component_of(folder: Path, role: str) -> tuple[Component, BaseModel, dict]:
 def load_component(folder: Path, role: str, context) -> tuple[nn.Module, dict]:
     comp, config, meta = component_of(folder, role)
     module = comp.build(config, context)
+    if meta.get("lora"):  # the base again (checked to be the same), then the adapter
+        from . import lora, pretrained
+
+        lora.check_base(meta)
+        base = meta["lora"]["base"]["path"]
+        read = pretrained.denoiser_state(comp, base, config, context)
+        pretrained.load_strict(module, read["state"], Path(base))
+        module = lora.add(module, meta["lora"]["rank"], meta["lora"]["alpha"],
+                          meta["lora"]["modules"])
+        load_weights(module, folder / lora.ADAPTER_FILE, only=lora.adapter_state(module))
+        return module, meta
     load_weights(module, folder / "model.safetensors")
     return module, meta
 
 
-def load_weights(module: nn.Module, path: Path) -> None:
+def load_weights(module: nn.Module, path: Path, only: dict | None = None) -> None:
+    """All of ``module``'s weights from ``path`` (or exactly the keys of ``only``)."""
     if not path.is_file():
         raise UdiffError(f"run directory {path.parent.parent} is incomplete: missing {path}")
     try:
         missing, unexpected = safetensors.torch.load_model(module, str(path), strict=False)
     except Exception as e:  # truncated/tampered headers, shape mismatches
         raise UdiffError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
+    if only is not None:
+        missing = [k for k in missing if k in only]
     if missing or unexpected:
         raise UdiffError(f"weights {path} do not match the model: missing {list(missing)[:3]}, "
                          f"unexpected {list(unexpected)[:3]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -18,9 +19,13 @@ class Parser(argparse.ArgumentParser):
 def cmd_plugins(args) -> int:
     from .plugins import registry
 
-    records = registry().plugins(include_builtins=args.all)
+    reg = registry()
+    records = reg.plugins(include_builtins=args.all)
     if args.json:
-        print(json.dumps([r.as_json() for r in records], indent=2))
+        def formats(record):  # what --init-from reads, per denoiser of this plugin
+            return {c.name: list(c.meta["init_formats"]) for c in reg.components["denoiser"].values()
+                    if c.plugin == record.name and c.meta.get("init_formats")}
+        print(json.dumps([r.as_json() | {"init_formats": formats(r)} for r in records], indent=2))
         return 0
     for r in records:
         provides = "; ".join(f"{role}: {', '.join(n)}" for role, n in r.provides.items())
@@ -49,6 +54,13 @@ def overrides_from(args) -> dict[str, Any]:
         o["scheduler"] = {"name": args.scheduler}
     put("autoencoder", "preset", getattr(args, "autoencoder_preset", None))
     put("autoencoder", "from_run", getattr(args, "autoencoder", None))
+    put("autoencoder", "pretrained", getattr(args, "autoencoder_from", None))
+    put("denoiser", "init_from", getattr(args, "init_from", None))
+    if getattr(args, "lora_rank", None) is not None:
+        lora: dict[str, Any] = {"rank": args.lora_rank}
+        if args.lora_targets:
+            lora["targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        o.setdefault("denoiser", {})["lora"] = lora
     for flag in ("max_steps", "autoencoder_steps", "seed", "batch_size", "lr", "mixed_precision",
                  "attention", "device", "checkpoint_every", "keep_checkpoints", "max_nonfinite",
                  "validate_every", "log_with"):
@@ -72,14 +84,21 @@ def resolve_config(args, defaults: dict | None = None):
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    from .training import Trainer, train
 
     cfg = resolve_config(args)
     if args.resume and args.overwrite:
         raise UdiffError("--resume continues what --out holds; --overwrite would replace it: "
                          "choose one")
+    if args.num_processes is not None:
+        from .launch import launch
+
+        # user errors: one line here, not one per process
+        Trainer(cfg, args.out, args.overwrite, resume=args.resume).check(args.num_processes)
+        return launch(args.argv, args.num_processes, cfg.training.mixed_precision)
     out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
-    print(f"trained run written to {out}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch: the main process says it
+        print(f"trained run written to {out}")
     return 0
 
 
@@ -147,7 +166,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_diffusers
 
-    out = export_diffusers(args.run_dir, args.out, args.scheduler, args.overwrite)
+    out = export_diffusers(args.run_dir, args.out, args.scheduler, args.overwrite, args.merge_lora)
     print(f"exported {args.run_dir} as {args.format} to {out}")
     return 0
 
@@ -197,7 +216,16 @@ def build_parser() -> Parser:
     s.add_argument("--max-steps", type=int, help="denoiser optimizer steps")
     s.add_argument("--autoencoder-steps", type=int, help="stage-1 steps")
     s.add_argument("--autoencoder", metavar="RUN_DIR", help="reuse this run's autoencoder")
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--autoencoder-from", metavar="PATH", help="a pretrained diffusers "
+                   "AutoencoderKL/VQModel folder (e.g. SD's vae/) or .safetensors with "
+                   "config.json beside it; frozen, stage 1 skipped")
+    s.add_argument("--init-from", metavar="PATH", help="pretrained denoiser weights in a format "
+                   "the backbone reads (udiff plugins --json lists them)")
+    s.add_argument("--lora-rank", type=int, metavar="R", help="train LoRA adapters of rank R on "
+                   "the frozen --init-from base (peft)")
+    s.add_argument("--lora-targets", metavar="LIST", help="attention (default), mlp, or module "
+                   "names, comma-separated")
+    s.add_argument("--batch-size", type=int, help="global batch per optimizer step (split across processes)")
     s.add_argument("--lr", type=float)
     s.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     s.add_argument("--gradient-checkpointing", action="store_true")
@@ -218,6 +246,9 @@ def build_parser() -> Parser:
                    help="sample a small grid and score its label accuracy every N steps")
     s.add_argument("--log-with", choices=["none", "tensorboard"],
                    help="also log to TensorBoard (<out>/tensorboard)")
+    s.add_argument("--num-processes", type=int, metavar="N",
+                   help="data-parallel training in N processes: starts `accelerate launch "
+                   "--multi_gpu --num_processes N -m udiff train ...` (CPU: gloo, GPU: NCCL)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")
@@ -257,6 +288,8 @@ def build_parser() -> Parser:
     s.add_argument("run_dir")
     s.add_argument("--format", choices=["diffusers"], default="diffusers")
     s.add_argument("--scheduler", help="sampler to export (default: the training scheduler)")
+    s.add_argument("--merge-lora", action="store_true",
+                   help="fold a LoRA run's adapter into its base weights")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_export)
@@ -284,7 +317,9 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except UdiffError as e:
         print(f"udiff: error: {e}", file=sys.stderr)

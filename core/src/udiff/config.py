@@ -32,10 +32,26 @@ class AutoencoderChoice(ComponentChoice):
     preset: str | None = Field("tiny", description="Named preset of the autoencoder.")
     from_run: str | None = Field(None, description="Reuse the trained autoencoder of this run "
                                  "directory instead of training stage 1.")
+    pretrained: str | None = Field(None, description="A pretrained diffusers AutoencoderKL or "
+                                   "VQModel: a folder (e.g. a Stable Diffusion repo's vae/) or a "
+                                   ".safetensors file with config.json beside it.")
+    finetune: bool = Field(False, description="Train the pretrained autoencoder in stage 1 "
+                           "(default: frozen, stage 1 skipped).")
+
+
+class LoraChoice(Strict):
+    rank: int = Field(ge=1, le=1024, description="LoRA rank r.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha / r); default r.")
+    targets: list[str] = Field(["attention"], min_length=1, description="'attention', 'mlp' "
+                               "(the backbone's groups) or module-name suffixes.")
 
 
 class DenoiserChoice(ComponentChoice):
     name: str = Field("unet", description="Registered denoiser (backbone) name.")
+    init_from: str | None = Field(None, description="Pretrained weights in a format the backbone "
+                                  "declares (see `udiff plugins --json`).")
+    lora: LoraChoice | None = Field(None, description="Train LoRA adapters on the frozen "
+                                    "init_from base instead of every weight.")
 
 
 class ConditionerChoice(ComponentChoice):
@@ -67,8 +83,9 @@ class DataConfig(Strict):
 class TrainingConfig(Strict):
     max_steps: int = Field(1000, ge=0, description="Denoiser optimizer steps (stage 2).")
     autoencoder_steps: int = Field(600, ge=0, description="Autoencoder optimizer steps (stage 1).")
-    batch_size: int = Field(64, ge=1, description="Denoiser batch per optimizer step.")
-    autoencoder_batch_size: int = Field(64, ge=1, description="Stage-1 batch size.")
+    batch_size: int = Field(64, ge=1, description="Denoiser batch per optimizer step: the global "
+                            "batch, split across processes (accelerate's split_batches).")
+    autoencoder_batch_size: int = Field(64, ge=1, description="Stage-1 global batch size.")
     lr: float = Field(1e-3, gt=0, le=1, description="Denoiser AdamW learning rate.")
     autoencoder_lr: float = Field(2e-3, gt=0, le=1, description="Stage-1 AdamW learning rate.")
     autoencoder_holdout: float = Field(0.1, ge=0, lt=1, description="Fraction of each label "

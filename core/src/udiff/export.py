@@ -12,15 +12,23 @@ from pathlib import Path
 
 import diffusers
 
+from .checkpoint import component_of, read_json
 from .errors import UdiffError
+from .lora import merged_state
 from .sampling import load
 from .training import prepare_out
 
 
 def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, merge_lora: bool = False) -> Path:
     pipe = load(run_dir)
     name = type(pipe.denoiser).__name__
+    den_meta = read_json(Path(run_dir) / "denoiser" / "config.json", f"run {run_dir}")
+    if den_meta.get("lora"):
+        if not merge_lora:
+            raise UdiffError(f"{run_dir} holds a LoRA adapter: pass --merge-lora to fold it into "
+                             "its base for export")
+        pipe.denoiser = merged(pipe, den_meta)
     for part, module in (("denoiser", pipe.denoiser), ("autoencoder", pipe.autoencoder)):
         if not hasattr(module, "to_diffusers"):
             raise UdiffError(f"{part} {type(module).__name__} has no diffusers counterpart; "
@@ -44,3 +52,11 @@ def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None
         vae.save_pretrained(out / "vae")
         sampler.save_pretrained(out / "scheduler")
     return out
+
+
+def merged(pipe, meta):
+    """A plain denoiser (no adapter modules) holding base + adapter, as export needs."""
+    comp, config, _ = component_of(pipe.run_dir / "denoiser", "denoiser")
+    plain = comp.build(config, pipe.context)
+    plain.load_state_dict(merged_state(pipe.denoiser))
+    return plain.eval()

@@ -42,4 +42,6 @@ def register_schedulers(register: Register) -> None:
 @hookspec
 def register_conditioners(register: Register) -> None:
     """Register conditioners: ``factory(config, context) -> nn.Module`` mapping labels ``[B]`` to a
-    :class:`udiff.components.Conditioning` (tokens ``[B, L, D]``, pooled ``[B, D]``)."""
+    :class:`udiff.components.Conditioning` (tokens ``[B, L, D]``, pooled ``[B, D]``), with
+    ``null(batch)`` (the unconditional labels) and ``dropout`` (the rate at which the training
+    loop swaps labels for the null one)."""

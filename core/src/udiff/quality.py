@@ -19,6 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image import FrechetInceptionDistance, KernelInceptionDistance
 
 from .errors import UdiffError
+from .pretrained import read_weights
 from .reference import ReferenceClassifier
 
 # torch-fidelity's download name: where torch.hub's cache keeps it after any FID run online.
@@ -68,28 +69,6 @@ class InceptionFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         return self.net(((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a plain-tensor pickle; anything needing more is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise UdiffError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        import safetensors.torch
-
-        try:
-            return safetensors.torch.load_file(str(path))
-        except Exception as e:
-            raise UdiffError(f"cannot read {path} as safetensors: {e}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError names the global it refused
-        raise UdiffError(f"refused {path}: it needs more than torch.load(weights_only=True) "
-                         f"({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict):
-        raise UdiffError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
 
 
 def inception_weights(path: str | Path | None = None) -> Path | None:

@@ -52,6 +52,7 @@ class Pipeline:
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
         pipe = cls(autoencoder, denoiser, conditioner, comp.name, sched_cfg, run["labels"],
                    ae_meta["scaling_factor"], ctx)
+        pipe.run_dir = run_dir
         return pipe.to(device)
 
     def compile(self) -> Pipeline:

@@ -16,7 +16,7 @@ import torch
 
 from . import plugins
 from .components import Context
-from .training import objective_loss
+from .training import Denoising, objective_loss
 
 CONTEXT = Context(image_channels=1, image_size=16, latent_channels=4, latent_size=8, num_labels=3)
 
@@ -100,9 +100,12 @@ def check_training(denoiser, conditioner, context, steps: int = 15,
     losses = []
     for _ in range(steps):
         torch.manual_seed(7)  # the same noise and timesteps every step: a fixed batch
-        loss = objective_loss(denoiser, conditioner, scheduler, x, y)
+        loss = objective_loss(Denoising(denoiser, conditioner), scheduler, x, y)
         opt.zero_grad()
         loss.backward()
+        unused = [n for n, p in denoiser.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, (f"parameters unused by forward break data-parallel training (DDP): "
+                            f"{unused[:5]}")
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], (f"training with {scheduler} did not lower the loss: "

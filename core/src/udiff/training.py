@@ -6,6 +6,7 @@ stage 2 trains conditioner + denoiser on the cached latents with the scheduler's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -20,14 +21,19 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
 import udiff
 
 from . import data as datasets
-from . import plugins
+from . import lora, plugins, pretrained
 from .checkpoint import RUN_FILE, atomic_write, component_of, load_component, save_component, write_json
 from .components import Context
 from .config import ComponentChoice, TrainConfig, to_toml
@@ -43,7 +49,9 @@ from .sampling import Pipeline
 
 
 def say(line: str) -> None:
-    print(f"udiff: {line}", file=sys.stderr)
+    """A status line on stderr, from the main process only."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(f"udiff: {line}", file=sys.stderr)
 
 
 # May change on resume: they neither touch the weights nor draw from the training RNG.
@@ -93,8 +101,9 @@ class EMA:
             p.copy_(s.to(p.dtype))
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out holding anything unless --overwrite; never delete the user's files."""
+def prepare_out(out: Path, overwrite: bool, clear: bool = True) -> None:
+    """Refuse an --out holding anything unless --overwrite; never delete the user's files.
+    ``clear=False`` only checks (every process checks; the main one clears)."""
     if out.exists() and not out.is_dir():
         raise UdiffError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
@@ -102,6 +111,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             what = "a run" if (out / "config.toml").exists() else "files"
             raise UdiffError(f"--out {out} already holds {what}; choose a new --out or pass "
                              "--overwrite")
+        if not clear:
+            return
         (out / RUN_FILE).unlink(missing_ok=True)  # the old run is no longer complete
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # nor are its checkpoints
     out.mkdir(parents=True, exist_ok=True)
@@ -117,14 +128,28 @@ def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     try:
         tracking = t.log_with != "none" and out is not None
-        return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision,
-                           gradient_accumulation_steps=t.gradient_accumulation_steps,
+        accelerator = Accelerator(
+            cpu=cpu, mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            # batch sizes are global: N processes x batch/N see what one process x batch sees
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            # every parameter takes part in each forward (udiff.testing checks backbones for it)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
                            log_with=t.log_with if tracking else None,
-                           project_config=ProjectConfiguration(
-                               project_dir=str(out), logging_dir=str(out / "tensorboard"))
-                           if tracking else None)
+            project_config=ProjectConfiguration(project_dir=str(out),
+                                                logging_dir=str(out / "tensorboard"))
+            if tracking else None)
     except (ValueError, RuntimeError) as e:
         raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
+    check_batches(t, accelerator.num_processes)
+    return accelerator
+
+
+def check_batches(t, processes: int) -> None:
+    for name in ("batch_size", "autoencoder_batch_size"):
+        if getattr(t, name) % processes:
+            raise UdiffError(f"training.{name}={getattr(t, name)} must be a multiple of the "
+                             f"{processes} processes (it is the global batch, split across them)")
 
 
 def require_tracker(name: str) -> None:
@@ -168,10 +193,12 @@ class Batches:
     """Endless shuffled batches whose position is exactly resumable.
 
     The loader's sampler draws each epoch's permutation from ``generator`` when the epoch starts;
-    the generator's state at that moment plus the batches taken since are the position."""
+    the generator's state at that moment plus the batches taken since are the position.
+    ``streams`` are further generators that advance with the batches (the step's draws)."""
 
-    def __init__(self, loader, generator: torch.Generator) -> None:
-        self.loader, self.generator = loader, generator
+    def __init__(self, loader, generator: torch.Generator,
+                 streams: dict[str, torch.Generator] | None = None) -> None:
+        self.loader, self.generator, self.streams = loader, generator, streams or {}
         self.it, self.epoch_state, self.taken = None, None, 0
 
     def __next__(self):
@@ -187,11 +214,14 @@ class Batches:
         return batch
 
     def position(self) -> dict:
+        streams = {name: g.get_state() for name, g in self.streams.items()}
         if self.it is None:  # at an epoch boundary: the next epoch starts from here
-            return {"epoch_generator": self.generator.get_state(), "taken": 0}
-        return {"epoch_generator": self.epoch_state, "taken": self.taken}
+            return {"epoch_generator": self.generator.get_state(), "taken": 0} | streams
+        return {"epoch_generator": self.epoch_state, "taken": self.taken} | streams
 
     def restore(self, position: dict) -> None:
+        for name, g in self.streams.items():
+            g.set_state(position[name])
         self.generator.set_state(position["epoch_generator"])
         self.epoch_state, self.it = self.generator.get_state(), iter(self.loader)
         for _ in range(position["taken"]):
@@ -238,17 +268,30 @@ class Trainer:
         den = plugins.get("denoiser", self.cfg.denoiser.name)
         return ComponentChoice(name=den.meta.get("default_scheduler", "ddpm"))
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def prepare_out(self, overwrite: bool) -> None:
+        """Every process checks --out before the main one clears it (no process sees it half
+        cleared)."""
+        prepare_out(self.out, overwrite, clear=False)
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            prepare_out(self.out, overwrite)
+        self.accelerator.wait_for_everyone()
+
     # -- resume and interruption -----------------------------------------------------------
     def start(self) -> Path | None:
         """Prepare --out; with --resume, the checkpoint to continue from (None: from scratch)."""
         if not self.resume:
-            prepare_out(self.out, self.overwrite)
+            self.prepare_out(self.overwrite)
             return None
         saved = self.out / "config.toml"
         if (self.out / RUN_FILE).exists():
             raise UdiffError(f"--resume: the run in {self.out} is already complete")
         if not saved.exists():
-            prepare_out(self.out, False)
+            self.prepare_out(False)
             say(f"--resume: nothing to resume in {self.out}; starting the run from the beginning")
             return None
         differs = config_difference(self.cfg, saved)
@@ -290,9 +333,10 @@ class Trainer:
         self.interrupted = True
 
     # -- the run ---------------------------------------------------------------------------
-    def run(self) -> Path:
+    def check(self, processes: int = 1):
+        """Resolve every component, the data and --out before anything is written (bad input
+        loses nothing); returns the data and the scheduler's component and config."""
         cfg = self.cfg
-        # Resolve every component and the data before touching --out: bad input loses nothing.
         for role in ("autoencoder", "denoiser", "conditioner"):
             choice = getattr(cfg, role)
             plugins.get(role, choice.name).make_config(choice.preset, choice.options)
@@ -302,12 +346,53 @@ class Trainer:
         require_attention(cfg.training.attention)
         require_tracker(cfg.training.log_with)
         data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
-        self.accelerator = make_accelerator(cfg, self.out)
+        check_batches(cfg.training, processes)
+        self.read_pretrained(data)
         if self.out.exists() and not self.out.is_dir():
             raise UdiffError(f"--out {self.out} exists and is not a directory")
+        if not self.resume:
+            prepare_out(self.out, self.overwrite, clear=False)
+        return data, sched_comp, sched_cfg
+
+    def read_pretrained(self, data: datasets.LabelledImages) -> None:
+        """Read --autoencoder-from and --init-from now, so a wrong path, architecture, pickle or
+        shape fails before --out is touched."""
+        cfg = self.cfg
+        ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
+                      num_labels=len(data.label_names))
+        self.ae_pretrained = self.init = None
+        if cfg.autoencoder.pretrained:
+            self.ae_pretrained = pretrained.autoencoder(cfg.autoencoder.pretrained, ctx)
+        den = cfg.denoiser
+        if den.lora and not den.init_from:
+            raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
+        if not den.init_from:
+            return
+        if self.ae_pretrained:
+            ae = self.ae_pretrained[2]
+        elif cfg.autoencoder.from_run:
+            ae, _ = load_component(Path(cfg.autoencoder.from_run) / "autoencoder", "autoencoder", ctx)
+        else:
+            ae = plugins.build("autoencoder", cfg.autoencoder, ctx)[2]
+        ctx = ctx.replace(latent_channels=ae.latent_channels,
+                          latent_size=cfg.data.image_size // ae.downsample)
+        comp = plugins.get("denoiser", den.name)
+        read = pretrained.denoiser_state(comp, den.init_from, comp.make_config(den.preset,
+                                                                                den.options), ctx)
+        config = comp.make_config(options=read["options"])
+        module = comp.build(config, ctx)
+        pretrained.load_strict(module, read["state"], Path(den.init_from))
+        self.init = {"component": comp, "config": config, "module": module,
+                     "label_table": read.get("label_table")}
+        if den.lora:
+            lora.targets(comp, den.lora.targets)  # unknown groups fail here
+
+    def run(self) -> Path:
+        data, sched_comp, sched_cfg = self.check()
+        self.accelerator = make_accelerator(self.cfg, self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         in_main_thread = threading.current_thread() is threading.main_thread()
-        with RunLock(self.out):
+        with RunLock(self.out) if self.accelerator.is_main_process else contextlib.nullcontext():
             previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
             try:
                 return self._run(data, sched_comp, sched_cfg)
@@ -323,7 +408,7 @@ class Trainer:
             self.accelerator.init_trackers("udiff")
         stage = Checkpointer.state(checkpoint)["stage"] if checkpoint else None
         start = time.time()
-        if checkpoint is None:
+        if checkpoint is None and self.main:
             atomic_write(self.out / "config.toml", lambda p: p.write_text(to_toml(cfg)))
         set_seed(cfg.training.seed)
         ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
@@ -337,45 +422,85 @@ class Trainer:
         else:
             autoencoder, ae_comp, ae_cfg, scaling = self.stage1(
                 data, ctx, checkpoint if stage == "autoencoder" else None)
-            images, labels = self.cached_images(data)
-            latents = self.encode(autoencoder, images)
-            # SD's scaling_factor: latents of unit variance for the diffusion schedule.
-            scaling = scaling or float(1.0 / latents.std())
-            latents = latents * scaling
-            save_component(self.out / "autoencoder", ae_comp, ae_cfg, autoencoder,
-                           scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
-            if self.accelerator.is_main_process:
+            if self.main:  # the cache is encoded and written once; the others read it
+                images, labels = self.cached_images(data)
+                latents = self.encode(autoencoder, images)
+                # SD's scaling_factor: latents of unit variance for the diffusion schedule.
+                scaling = scaling or float(1.0 / latents.std())
+                latents = latents * scaling
+                save_component(self.out / "autoencoder", ae_comp, ae_cfg, autoencoder,
+                               scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
                 atomic_write(self.out / "latents.safetensors", lambda p: safetensors.torch.save_file(
                     {"latents": latents.contiguous(), "labels": labels.contiguous()}, str(p)))
+            self.accelerator.wait_for_everyone()
+            if not self.main:
+                cache = safetensors.torch.load_file(str(self.out / "latents.safetensors"))
+                latents, labels = cache["latents"], cache["labels"]
         ctx = ctx.replace(latent_channels=autoencoder.latent_channels,
                           latent_size=cfg.data.image_size // autoencoder.downsample)
 
         set_seed(cfg.training.seed + 1)
-        den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
+        if self.init:
+            den_comp, den_cfg, denoiser = (self.init[k] for k in ("component", "config", "module"))
+            if cfg.denoiser.lora:
+                lo = cfg.denoiser.lora
+                denoiser = lora.add(denoiser, lo.rank, lo.alpha, lora.targets(den_comp, lo.targets))
+        else:
+            den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
         ctx = ctx.for_denoiser(denoiser)
         cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
+        self.reuse_label_table(conditioner)
         scheduler = sched_comp.build(sched_cfg, ctx)
         validation = None
-        if cfg.training.validate_every:
+        if cfg.training.validate_every and self.main:
             validation = Validation(self, data, Pipeline(
                 autoencoder, denoiser, conditioner, sched_comp.name, sched_cfg, data.label_names,
                 scaling, ctx, freeze=False))
         self.stage2(denoiser, conditioner, scheduler, latents, labels,
                     checkpoint if stage == "denoiser" else None, validation)
 
-        save_component(self.out / "denoiser", den_comp, den_cfg, denoiser,
-                       preset=cfg.denoiser.preset, ema=cfg.training.ema_decay > 0)
-        save_component(self.out / "conditioner", cond_comp, cond_cfg, conditioner,
-                       labels=data.label_names)
-        save_component(self.out / "scheduler", sched_comp, sched_cfg, None)
-        write_json(self.out / RUN_FILE, {
-            "udiff_version": udiff.__version__, "labels": data.label_names,
-            "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
-            "wall_seconds": time.time() - start, "autoencoder": self.reconstruction,
-        })
-        if self.accelerator.is_main_process:
+        if self.main:
+            self.save_denoiser(den_comp, den_cfg, denoiser)
+            save_component(self.out / "conditioner", cond_comp, cond_cfg, conditioner,
+                           labels=data.label_names)
+            save_component(self.out / "scheduler", sched_comp, sched_cfg, None)
+            write_json(self.out / RUN_FILE, {
+                "udiff_version": udiff.__version__, "labels": data.label_names,
+                "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
+                "wall_seconds": time.time() - start, "autoencoder": self.reconstruction,
+                "processes": self.accelerator.num_processes,
+            })
             training_curves(self.log_path, self.out / "training.png")
+        self.accelerator.wait_for_everyone()
         return self.out
+
+    def reuse_label_table(self, conditioner: nn.Module) -> None:
+        """A pretrained class-embedding table (DiT's) seeds the label conditioner when the label
+        count and width match; otherwise the conditioner starts fresh."""
+        table = self.init and self.init.get("label_table")
+        if table is None:
+            return
+        own = getattr(getattr(conditioner, "embedding", None), "weight", None)
+        if own is not None and own.shape == table.shape:
+            with torch.no_grad():
+                own.copy_(table)
+            say(f"label table reused from --init-from ({table.shape[0] - 1} labels + null)")
+        else:
+            say(f"label table of --init-from not reused: {tuple(table.shape)} vs "
+                f"{tuple(own.shape) if own is not None else 'no table'} (labels differ)")
+
+    def save_denoiser(self, comp, config, denoiser: nn.Module) -> None:
+        den, folder = self.cfg.denoiser, self.out / "denoiser"
+        extra = {"preset": den.preset, "ema": self.cfg.training.ema_decay > 0,
+                 "init_from": str(Path(den.init_from).resolve()) if den.init_from else None}
+        if not den.lora:
+            return save_component(folder, comp, config, denoiser, **extra)
+        extra["lora"] = den.lora.model_dump() | {
+            "modules": lora.targets(comp, den.lora.targets),
+            "base": {"path": extra["init_from"], "sha256": lora.fingerprint(den.init_from)}}
+        size = lora.save(denoiser, folder)
+        save_component(folder, comp, config, None, **extra)
+        say(f"LoRA adapter: {size / 1e6:.2f} MB in {folder / lora.ADAPTER_FILE}")
 
     def stage1(self, data: datasets.LabelledImages, ctx: Context, checkpoint: Path | None):
         """The autoencoder, its (component, config), and its scaling factor if already known."""
@@ -389,28 +514,38 @@ class Trainer:
             autoencoder = autoencoder.to(acc.device).eval()
             self.score_autoencoder(autoencoder, data)
             return autoencoder, comp, config, meta["scaling_factor"]
-        comp, config, autoencoder = plugins.build("autoencoder", choice, ctx)
+        if choice.pretrained:
+            comp, config, autoencoder, scaling = self.ae_pretrained
+            self.check_latent_grid(autoencoder)
+            if not choice.finetune:  # frozen: straight to the latent cache
+                autoencoder = autoencoder.to(acc.device)
+                self.score_autoencoder(autoencoder, data)
+                return autoencoder, comp, config, scaling
+            autoencoder.train().requires_grad_(True)
+        else:
+            comp, config, autoencoder = plugins.build("autoencoder", choice, ctx)
+            scaling = None
         self.check_latent_grid(autoencoder)
         t, aug = cfg.training, cfg.data.augment
         train_part, _ = datasets.autoencoder_split(data, t.autoencoder_holdout, t.seed)
         opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
         loader, gen = shuffled(torch.utils.data.TensorDataset(train_part.images),
                                t.autoencoder_batch_size, t.seed)
-        autoencoder, opt, loader = acc.prepare(autoencoder, opt, loader)
+        objective, opt, loader = acc.prepare(AutoencoderObjective(autoencoder), opt, loader)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, t.autoencoder_steps))
         batches = Batches(loader, gen)
-        modules = {"autoencoder": acc.unwrap_model(autoencoder)}
+        modules = {"autoencoder": autoencoder}
         first = 0
         if checkpoint is not None:
             first = self.restore(checkpoint, modules, opt, sched, batches)["step"]
-        autoencoder.train()
+        objective.train()
         with self.bar(t.autoencoder_steps, "stage 1: autoencoder", first) as bar:
             for step in range(first, t.autoencoder_steps):
                 (images,) = next(batches)
                 if aug.active:  # the global RNG: its state is in every checkpoint
                     images = datasets.augment(images, aug.translate, aug.hflip)
                 with acc.autocast():
-                    loss, logs = acc.unwrap_model(autoencoder).loss(images)
+                    loss, logs = objective(images)
                 acc.backward(loss)
                 opt.step()
                 sched.step()
@@ -421,9 +556,9 @@ class Trainer:
                     self.log(stage="autoencoder", step=step, loss=loss.item(), **logs)
                 if self.checkpoint_due(step + 1, t.autoencoder_steps):
                     self.save_checkpoint("autoencoder", step + 1, modules, opt, sched, batches)
-        autoencoder = acc.unwrap_model(autoencoder).eval()
+        autoencoder.eval()
         self.score_autoencoder(autoencoder, data)
-        return autoencoder, comp, config, None
+        return autoencoder, comp, config, scaling
 
     def score_autoencoder(self, autoencoder: nn.Module, data: datasets.LabelledImages) -> None:
         """PSNR/SSIM of the autoencoder on the images stage 1 never saw (all, if none held out)."""
@@ -467,7 +602,7 @@ class Trainer:
         training = DenoiserTraining(acc, denoiser, conditioner, scheduler, t)
         loader, gen = shuffled(torch.utils.data.TensorDataset(latents, labels), t.batch_size,
                                t.seed + 2)
-        batches = Batches(acc.prepare(loader), gen)
+        batches = Batches(acc.prepare(loader), gen, training.draws.streams)
         modules = {"denoiser": denoiser, "conditioner": conditioner}
         if checkpoint is not None:
             state = self.restore(checkpoint, modules, training.optimizer, training.lr_scheduler,
@@ -494,17 +629,84 @@ class Trainer:
         training.finish()
 
 
-def objective_loss(denoiser, conditioner, scheduler, x0: torch.Tensor, y: torch.Tensor,
-                   offset_noise: float = 0.0):
-    """Objective-agnostic: the scheduler supplies timesteps, noisy input and target."""
-    noise = torch.randn_like(x0)
+class AutoencoderObjective(nn.Module):
+    """Stage 1's loss as a forward pass, so DDP (which syncs gradients of what went through its
+    forward) sees it."""
+
+    def __init__(self, autoencoder: nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, images: torch.Tensor):
+        return self.autoencoder.loss(images)
+
+
+class Denoising(nn.Module):
+    """Conditioner + denoiser as one module: one DDP wrapper, one forward.
+    ``(noisy [B, c, h, w], timesteps [B], labels [B]) -> prediction [B, c, h, w]``."""
+
+    def __init__(self, denoiser: nn.Module, conditioner: nn.Module) -> None:
+        super().__init__()
+        self.denoiser, self.conditioner = denoiser, conditioner
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor):
+        return self.denoiser(noisy, timesteps, self.conditioner(labels))[:, : noisy.shape[1]]
+
+
+class Draws:
+    """The per-sample randomness of a training step — noise, noise levels, label dropout — drawn
+    for the whole global batch on every process from shared generators, each process keeping its
+    own rows. N processes x batch B therefore draw exactly what one process x batch N*B draws:
+    data parallelism changes the order of the arithmetic, never the samples.
+
+    Noise comes from a generator on the training device (no host-to-device copy of the largest
+    tensor); noise levels and dropout from a CPU one."""
+
+    def __init__(self, seed: int | None = None, rank: int = 0, world: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+        if seed is None:  # follow the global RNG (single-process helpers and tests)
+            seed = int(torch.randint(2**62, (1,)))
+        self.cpu = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
+        self.noise = torch.Generator(self.device).manual_seed(seed + 1)
+        self.rank, self.world = rank, world
+
+    @property
+    def streams(self) -> dict[str, torch.Generator]:
+        return {"draws": self.cpu, "draws_noise": self.noise}
+
+    def mine(self, full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        b = len(like)
+        return full[self.rank * b:(self.rank + 1) * b].to(like.device)
+
+    def normal(self, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        full = torch.randn((len(like) * self.world, *shape), generator=self.noise,
+                           device=self.device)
+        return self.mine(full, like).to(like.dtype)
+
+    def uniform(self, like: torch.Tensor) -> torch.Tensor:
+        return self.mine(torch.rand(len(like) * self.world, generator=self.cpu), like)
+
+    def timesteps(self, scheduler, like: torch.Tensor) -> torch.Tensor:
+        full = scheduler.sample_timesteps(len(like) * self.world, "cpu", generator=self.cpu)
+        return self.mine(full, like)
+
+
+def objective_loss(model: nn.Module, scheduler, x0: torch.Tensor, y: torch.Tensor,
+                   offset_noise: float = 0.0, draws: Draws | None = None,
+                   null_label: int | None = None, label_dropout: float = 0.0):
+    """Objective-agnostic: the scheduler supplies timesteps, noisy input and target; ``model`` is a
+    :class:`Denoising`. Labels are replaced by ``null_label`` with probability ``label_dropout``
+    (classifier-free guidance)."""
+    draws = draws or Draws(device=x0.device)
+    noise = draws.normal(x0, x0.shape[1:])
     if offset_noise:  # a constant per sample and channel: lets the model shift mean brightness
-        noise = noise + offset_noise * torch.randn(*x0.shape[:2], *[1] * (x0.ndim - 2),
-                                                   device=x0.device, dtype=x0.dtype)
-    ts = scheduler.sample_timesteps(len(x0), x0.device)
-    noisy = scheduler.add_noise(x0, noise, ts)
+        noise = noise + offset_noise * draws.normal(x0, (x0.shape[1], *[1] * (x0.ndim - 2)))
+    ts = draws.timesteps(scheduler, x0)
+    if label_dropout > 0:
+        y = torch.where(draws.uniform(y) < label_dropout, torch.full_like(y, null_label), y)
+    pred = model(scheduler.add_noise(x0, noise, ts), ts, y)
     target = scheduler.target(x0, noise, ts)
-    pred = denoiser(noisy, ts, conditioner(y))[:, : x0.shape[1]]
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
         dim=tuple(range(1, x0.ndim)))  # [B]
     weight = scheduler.loss_weight(ts)
@@ -521,6 +723,7 @@ class DenoiserTraining:
 
     def __init__(self, accelerator: Accelerator, denoiser: nn.Module, conditioner: nn.Module,
                  scheduler, t) -> None:
+        """``t``: the run's TrainingConfig (lr, warm-up, EMA, clipping, seed, ...)."""
         if t.gradient_checkpointing:
             if not hasattr(denoiser, "enable_gradient_checkpointing"):
                 raise UdiffError(f"{type(denoiser).__name__} has no "
@@ -535,12 +738,17 @@ class DenoiserTraining:
         opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         warm = max(1, t.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        # The prepared (possibly wrapped) modules share their parameters with the originals.
-        self.denoiser, self.conditioner, self.optimizer, self.lr_scheduler = accelerator.prepare(
-            denoiser, conditioner, opt, sched)
+        # The prepared (possibly DDP-wrapped) model shares its parameters with the originals.
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(
+            Denoising(denoiser, conditioner), opt, sched)
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
-        self.denoiser.train()
-        self.conditioner.train()
+        self.model.train()
+        self.draws = Draws(t.seed + 4, accelerator.process_index, accelerator.num_processes,
+                           accelerator.device)
+        # Classifier-free guidance: the loop drops labels (from the shared draws), not the
+        # conditioner, so every process count drops the same ones.
+        self.null_label = int(conditioner.null(1)[0])
+        self.label_dropout = float(getattr(conditioner, "dropout", 0.0))
         self.steps = 0  # completed optimizer steps
         self.max_nonfinite = t.max_nonfinite
         self.offset_noise = t.offset_noise
@@ -551,10 +759,12 @@ class DenoiserTraining:
         """One micro-batch; returns the loss when it completed an optimizer step, else None
         (accumulating, or a non-finite loss skipped: no update, counted)."""
         acc = self.accelerator
-        with acc.accumulate(self.denoiser, self.conditioner):
-            loss = objective_loss(self.denoiser, self.conditioner, self.scheduler, x0, y,
-                                  self.offset_noise)
-            if not math.isfinite(loss.item()):
+        with acc.accumulate(self.model):
+            loss = objective_loss(self.model, self.scheduler, x0, y, self.offset_noise,
+                                  self.draws, self.null_label, self.label_dropout)
+            # The mean over processes: all of them skip a step if any loss is not finite.
+            global_loss = acc.reduce(loss.detach().clone(), reduction="mean").item()
+            if not math.isfinite(global_loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite += 1
                 self.skipped += 1
@@ -575,7 +785,7 @@ class DenoiserTraining:
         self.steps += 1
         if self.ema is not None:
             self.ema.update(self.params, self.steps)
-        return loss.item()
+        return global_loss
 
     def finish(self) -> None:
         """Leave the EMA weights in the modules (what the run saves)."""

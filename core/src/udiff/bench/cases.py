@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from .. import plugins
+from .. import lora, plugins
 from ..components import Context
 from ..config import TrainingConfig
 from ..info import forward_macs
@@ -36,11 +36,13 @@ class Case:
     guidance: float = 3.0
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # accelerate's: "no", "bf16", "fp16"
+    lora_rank: int = 0  # > 0: peft LoRA adapters on the attention projections, base frozen
 
     @property
     def id(self) -> str:
         ckpt = "-ckpt" if self.gradient_checkpointing else ""
-        return f"{self.backbone}-{self.preset}-b{self.batch}{ckpt}"
+        lora = f"-lora{self.lora_rank}" if self.lora_rank else ""
+        return f"{self.backbone}-{self.preset}-b{self.batch}{ckpt}{lora}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +59,8 @@ def modules(case: Case, seed: int = 0):
     ctx = context(case)
     comp = plugins.get("denoiser", case.backbone)
     denoiser = comp.build(comp.make_config(case.preset), ctx)
+    if case.lora_rank:
+        denoiser = lora.add(denoiser, case.lora_rank, None, lora.targets(comp, ["attention"]))
     ctx = ctx.for_denoiser(denoiser)
     lab = plugins.get("conditioner", "label")
     conditioner = lab.build(lab.make_config(), ctx)
@@ -100,6 +104,8 @@ class BareTraining:
         s = self.scheduler
         noise = torch.randn_like(x0)
         t = s.sample_timesteps(len(x0), x0.device)
+        drop = torch.rand(len(y)) < self.conditioner.dropout  # classifier-free guidance
+        y = torch.where(drop, self.conditioner.null(len(y)), y)
         pred = self.denoiser(s.add_noise(x0, noise, t), t, self.conditioner(y))[:, : x0.shape[1]]
         loss = F.mse_loss(pred, s.target(x0, noise, t))
         loss.backward()

@@ -89,6 +89,18 @@ def checkpointing(case: Case, pairs: int) -> dict:
             "peak_mb_off": mem_off, "case": case.id, "latent_size": case.latent_size}
 
 
+def lora_memory(case: Case, pairs: int, rank: int = 8) -> dict:
+    """Peak training memory of LoRA (rank 8 on the attention projections, base frozen) ÷ full
+    fine-tuning of the same preset and batch."""
+    adapted = Case(**{**case.as_dict(), "lora_rank": rank})
+    mem_lora, mem_full = peak_mb(adapted, ("train",))["train"], peak_mb(case, ("train",))["train"]
+    trained = training(adapted)
+    trainable = sum(p.numel() for p in trained.params)
+    total = sum(p.numel() for p in trained.model.parameters())
+    return {"memory_ratio": mem_lora / mem_full, "peak_mb_lora": mem_lora, "peak_mb_full": mem_full,
+            "trainable_fraction": trainable / total, "rank": rank, "case": case.id}
+
+
 def compile_speedup(case: Case, pairs: int) -> dict:
     """Sampling with ``torch.compile`` on the denoiser ÷ eager; compile time reported apart."""
     eager, compiled = pipeline(case), pipeline(case)

@@ -56,6 +56,9 @@ def ratios(bench: dict) -> dict:
         out["dpm20_vs_ddim50_accuracy_gap"] = found["dpm20_vs_ddim50_accuracy_gap"]["gap"]
     if "compile_speedup" in found:
         out["compile_speedup"] = found["compile_speedup"]["speedup"]
+    if "lora" in found:  # reported, no target: the saving depends on the model's size
+        out["lora_memory_ratio"] = found["lora"]["memory_ratio"]
+        out["lora_trainable_fraction"] = found["lora"]["trainable_fraction"]
     out["targets"] = {k: {"target": f"{op} {v}", "met": _met(out.get(k), op, v)}
                       for k, (op, v) in TARGETS.items() if k in out}
     out["details"] = found

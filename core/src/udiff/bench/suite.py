@@ -60,6 +60,7 @@ RATIOS = {  # ratios.json key (checkpointing gives two) -> its measurement
     "dpm20_vs_ddim50_accuracy_gap": lambda s: ratios.solver_gap(s.gap_backbone(), s.quick,
                                                                 s.device),
     "compile_speedup": lambda s: ratios.compile_speedup(s.ratio_case(), s.pairs),
+    "lora": lambda s: ratios.lora_memory(s.checkpointing_case(), s.pairs),
 }
 
 

@@ -30,6 +30,15 @@ class LayoutConfig(BaseModel):
                              f"block_out_channels (not {bad})")
         return self
 
+    @classmethod
+    def layout_of(cls, config: dict, down_block: str = "DownEncoderBlock2D") -> dict:
+        """The layout options of a diffusers autoencoder config (``--autoencoder-from``)."""
+        kinds = set(config.get("down_block_types", [])) | set(config.get("up_block_types", []))
+        if kinds - {down_block, down_block.replace("Down", "Up").replace("Encoder", "Decoder")}:
+            raise ValueError(f"block types {sorted(kinds)} are not udiff's layout")
+        return {k: config[k] for k in ("block_out_channels", "layers_per_block", "latent_channels",
+                                       "norm_num_groups") if k in config}
+
     def blocks(self, image_channels: int) -> dict:
         """Constructor arguments of the diffusers model."""
         levels = len(self.block_out_channels)
@@ -62,6 +71,9 @@ class KLAutoencoder(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
 
+    def diffusers_model(self) -> AutoencoderKL:
+        return self.vae
+
     def to_diffusers(self, scaling_factor: float) -> AutoencoderKL:
         self.vae.register_to_config(scaling_factor=scaling_factor)
         return self.vae
@@ -91,4 +103,4 @@ PRESETS = {
 @hookimpl(trylast=True)
 def register_autoencoders(register):
     register("kl", KLConfig, lambda config, context: KLAutoencoder(config, context.image_channels),
-             PRESETS)
+             PRESETS, diffusers_class="AutoencoderKL", from_diffusers_config=KLConfig.layout_of)

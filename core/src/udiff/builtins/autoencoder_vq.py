@@ -20,6 +20,12 @@ from udiff.hookspecs import hookimpl
 class VQConfig(LayoutConfig):
     num_vq_embeddings: int = Field(256, ge=2, description="Codebook size.")
 
+    @classmethod
+    def from_diffusers(cls, config: dict) -> dict:
+        if config.get("vq_embed_dim") not in (None, config.get("latent_channels")):
+            raise ValueError("vq_embed_dim differs from latent_channels: not udiff's layout")
+        return cls.layout_of(config) | {"num_vq_embeddings": config.get("num_vq_embeddings", 256)}
+
 
 class VQAutoencoder(nn.Module):
     """``encode``: images ``[B, C, H, W]`` in [-1, 1] -> latents ``[B, c, H/f, W/f]`` (before
@@ -37,6 +43,9 @@ class VQAutoencoder(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vq.decode(latents).sample
+
+    def diffusers_model(self) -> VQModel:
+        return self.vq
 
     def to_diffusers(self, scaling_factor: float) -> VQModel:
         self.vq.register_to_config(scaling_factor=scaling_factor)
@@ -57,4 +66,4 @@ PRESETS = {
 @hookimpl(trylast=True)
 def register_autoencoders(register):
     register("vq", VQConfig, lambda config, context: VQAutoencoder(config, context.image_channels),
-             PRESETS)
+             PRESETS, diffusers_class="VQModel", from_diffusers_config=VQConfig.from_diffusers)

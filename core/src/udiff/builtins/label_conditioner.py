@@ -17,7 +17,8 @@ class LabelConfig(BaseModel):
                             "denoiser's cond_dim.")
     tokens: int = Field(1, ge=1, le=77, description="Tokens L per label for cross-attention.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Probability of replacing a label by the "
-                           "null label while training (classifier-free guidance).")
+                           "null label while training (classifier-free guidance; the training "
+                           "loop applies it).")
 
 
 class LabelConditioner(nn.Module):
@@ -36,9 +37,6 @@ class LabelConditioner(nn.Module):
             nn.init.normal_(self.pooled_embedding.weight, std=0.02)
 
     def forward(self, labels: torch.Tensor) -> Conditioning:  # labels: [B] long
-        if self.training and self.dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         tokens = self.embedding(labels).view(-1, self.tokens, self.dim)  # [B, L, D]
         if self.pooled_embedding is not None:
             return Conditioning(tokens=tokens, pooled=self.pooled_embedding(labels))  # [B, P]

@@ -1,0 +1,105 @@
+"""LoRA fine-tuning through peft: low-rank adapters on a frozen pretrained denoiser.
+
+A LoRA run saves the adapter alone (``denoiser/adapter.safetensors``, a few MB) and records its
+base — the ``--init-from`` path and the SHA-256 of its weights — in ``denoiser/config.json``;
+loading the run reads the base again, checks it is the same, and applies the adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import UdiffError
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def targets(comp, names: list[str]) -> list[str]:
+    """Module-name suffixes to adapt: the backbone's ``lora_targets`` groups ("attention",
+    "mlp") expanded, other names taken as given."""
+    groups = comp.meta.get("lora_targets") or {}
+    out = []
+    for name in names:
+        if name in groups:
+            out += groups[name]
+        elif name in ("attention", "mlp"):
+            raise UdiffError(f"denoiser {comp.name!r} declares no {name!r} LoRA targets; name the "
+                             "modules (e.g. --lora-targets to_q,to_v)")
+        else:
+            out.append(name)
+    return out
+
+
+def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str]) -> nn.Module:
+    """Inject adapters in place; only they stay trainable (zero-initialised B: the model starts
+    exactly as the base)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0)
+    try:
+        denoiser = inject_adapter_in_model(config, denoiser)
+    except ValueError as e:  # "Target modules ... not found in the base model"
+        raise UdiffError(f"--lora-targets {','.join(modules)}: {str(e).splitlines()[0]}") from None
+    for name, p in denoiser.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return denoiser
+
+
+def adapter_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in denoiser.state_dict().items() if "lora_" in k}
+
+
+def base_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:
+    """The denoiser's own (non-LoRA) state dict, named as without adapters."""
+    return {k.replace(".base_layer.", "."): v for k, v in denoiser.state_dict().items()
+            if "lora_" not in k}
+
+
+def merged_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:
+    """Base weights with every adapter folded in (W + scale * B @ A), named as without adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in denoiser.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+    state = {k: v.clone() for k, v in base_state(denoiser).items()}  # before unmerge rewrites them
+    for module in denoiser.modules():
+        if isinstance(module, LoraLayer):
+            module.unmerge()
+    return state
+
+
+def fingerprint(path: str | Path) -> str:
+    """SHA-256 of the base's weight file(s): a LoRA adapter only means something on its base."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def save(denoiser: nn.Module, folder: Path) -> int:
+    from .checkpoint import atomic_write
+
+    state = adapter_state(denoiser)
+    atomic_write(folder / ADAPTER_FILE, lambda p: safetensors.torch.save_file(state, str(p)))
+    return (folder / ADAPTER_FILE).stat().st_size
+
+
+def check_base(meta: dict) -> None:
+    base = meta["lora"]["base"]
+    if not Path(base["path"]).exists():
+        raise UdiffError(f"this run's LoRA adapter needs its base {base['path']}, which does not "
+                         "exist")
+    if fingerprint(base["path"]) != base["sha256"]:
+        raise UdiffError(f"the base {base['path']} changed since this run's LoRA adapter was "
+                         "trained (SHA-256 differs)")
