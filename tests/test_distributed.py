@@ -37,6 +37,7 @@ def test_launcher_command_is_accelerate_launch():
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance  # three multi-process runs: after the suite (.ci/run)
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     proc = run_udiff(*BASE, "--autoencoder-steps", "6", "--num-processes", "2", "--out", two)

@@ -25,6 +25,7 @@ def evaluate(cli, run, out, *flags) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance  # ~70 s of training: after the suite (.ci/run)
 def test_eval_separates_trained_from_untrained_and_real_beats_both(cli, tmp_path):
     if "flux" not in plugins.registry().components["denoiser"]:
         pytest.skip("udiff-flux is not installed")

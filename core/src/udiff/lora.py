@@ -38,8 +38,10 @@ def targets(comp, names: list[str]) -> list[str]:
 def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str]) -> nn.Module:
     """Inject adapters in place; only they stay trainable (zero-initialised B: the model starts
     exactly as the base)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise UdiffError("LoRA needs the extra: pip install 'udiff-core[lora]'") from None
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0)
     try:
         denoiser = inject_adapter_in_model(config, denoiser)
