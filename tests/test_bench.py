@@ -37,7 +37,8 @@ def test_bare_baselines_run_the_same_computation(backbone):
     noise, labels = noise_and_labels(case)
     torch.testing.assert_close(udiff_sample(pipe, case, noise, labels),
                                bare_sample(pipe, case, noise, labels))
-    ours, bare = training(case).denoiser.state_dict(), BareTraining(case).denoiser.state_dict()
+    ours = training(case).model.denoiser.state_dict()
+    bare = BareTraining(case).denoiser.state_dict()
     assert ours.keys() == bare.keys() and all(torch.equal(ours[k], bare[k]) for k in ours)
 
 
