@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.image import FrechetInceptionDistance, KernelInceptionDistance
+
+# From their modules: torchmetrics.image exports them only when torch-fidelity is installed.
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from .errors import UdiffError
 from .pretrained import read_weights
