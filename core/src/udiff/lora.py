@@ -35,13 +35,19 @@ def targets(comp, names: list[str]) -> list[str]:
     return out
 
 
+def require() -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise UdiffError("LoRA needs the extra: pip install 'udiff-core[lora]'") from None
+
+
 def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str]) -> nn.Module:
     """Inject adapters in place; only they stay trainable (zero-initialised B: the model starts
     exactly as the base)."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
-        raise UdiffError("LoRA needs the extra: pip install 'udiff-core[lora]'") from None
+    require()
+    from peft import LoraConfig, inject_adapter_in_model
+
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0)
     try:
         denoiser = inject_adapter_in_model(config, denoiser)

@@ -366,6 +366,8 @@ class Trainer:
         den = cfg.denoiser
         if den.lora and not den.init_from:
             raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
+        if den.lora:
+            lora.require()
         if not den.init_from:
             return
         if self.ae_pretrained:
