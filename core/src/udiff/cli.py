@@ -65,7 +65,7 @@ def overrides_from(args) -> dict[str, Any]:
                  "attention", "device", "checkpoint_every", "keep_checkpoints", "max_nonfinite",
                  "validate_every", "log_with"):
         put("training", flag, getattr(args, flag, None))
-    for flag in ("gradient_checkpointing", "compile"):
+    for flag in ("gradient_checkpointing", "compile", "fsdp"):
         if getattr(args, flag, False):
             put("training", flag, True)
     return o
@@ -95,6 +95,12 @@ def cmd_train(args) -> int:
 
         # user errors: one line here, not one per process
         Trainer(cfg, args.out, args.overwrite, resume=args.resume).check(args.num_processes)
+        if cfg.training.fsdp:
+            from .training import fsdp_refusal, training_on_cpu
+
+            if training_on_cpu(cfg.training) or args.num_processes < 2:
+                raise fsdp_refusal("CPU" if training_on_cpu(cfg.training) else "one GPU",
+                                   args.num_processes)
         return launch(args.argv, args.num_processes, cfg.training.mixed_precision)
     out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch: the main process says it
@@ -249,6 +255,9 @@ def build_parser() -> Parser:
     s.add_argument("--num-processes", type=int, metavar="N",
                    help="data-parallel training in N processes: starts `accelerate launch "
                    "--multi_gpu --num_processes N -m udiff train ...` (CPU: gloo, GPU: NCCL)")
+    s.add_argument("--fsdp", action="store_true",
+                   help="shard the model across the processes (FSDP2) instead of replicating "
+                   "it (DDP): for backbones too big for one GPU; needs 2+ GPUs")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")

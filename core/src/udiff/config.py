@@ -101,6 +101,8 @@ class TrainingConfig(Strict):
                                                            "mixed precision.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     compile: bool = Field(False, description="torch.compile the denoiser (first steps compile).")
+    fsdp: bool = Field(False, description="Shard parameters, gradients and optimizer state "
+                       "across processes (FSDP2 via accelerate; 2+ GPUs) instead of DDP.")
     attention: Literal["sdpa", "xformers"] = Field("sdpa", description="Attention backend.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     seed: int = Field(0, description="Seed of weights, data order and noise.")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import UdiffError
+from .sharding import is_sharded, like, load_whole_state, whole, whole_state
 
 DIR = "checkpoints"
 MARKER = "COMPLETE"
@@ -64,24 +65,42 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def optimizer_state(opt) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_state(opt, keep: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Whole tensors (gathered when sharded: collective) + JSON; kept where ``keep``."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.contiguous()
+                tensors[f"{pid}.{key}"] = whole(value, keep)
             else:
                 scalars[f"{pid}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def set_optimizer_state(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    params = [p for group in opt.param_groups for p in group["params"]]  # state's pid order
     state: dict[int, dict[str, Any]] = {}
     for flat, value in [*tensors.items(), *meta["scalars"].items()]:
         pid, key = flat.split(".", 1)
+        if torch.is_tensor(value) and value.ndim:  # moments: sharded like their parameter
+            value = like(value, params[int(pid)])
         state.setdefault(int(pid), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+Files = dict[str, tuple[Any, dict | None]]
+
+
+def snapshot(modules: dict[str, nn.Module], optimizer, ema=None, keep: bool = True) -> Files:
+    """The trained state a checkpoint holds, file by file. Every process calls it (gathering
+    sharded tensors is collective); only where ``keep`` does it hold anything."""
+    files: Files = {key: (whole_state(m, keep) if is_sharded(m) else m, None)
+                    for key, m in modules.items()}
+    files["optimizer"] = optimizer_state(optimizer, keep)
+    if ema is not None:
+        files["ema"] = ({str(i): whole(t, keep) for i, t in enumerate(ema.shadow)}, None)
+    return files
 
 
 # -- one checkpoint -------------------------------------------------------------------------------
@@ -97,24 +116,26 @@ class Checkpointer:
 
     def save(self, stage: str, step: int, modules: dict[str, nn.Module], optimizer,
              lr_scheduler, ema=None, data: dict | None = None, extra: dict | None = None) -> Path:
+        return self.write(stage, step, snapshot(modules, optimizer, ema), lr_scheduler, data,
+                          extra)
+
+    def write(self, stage: str, step: int, files: Files, lr_scheduler, data: dict | None = None,
+              extra: dict | None = None) -> Path:
+        """Write a :func:`snapshot` (plus the LR schedule, RNG and data position) atomically."""
         final = self.root / self.name(stage, step)
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            files: dict[str, tuple[dict[str, torch.Tensor], dict | None]] = {}
-            for key, module in modules.items():
-                safetensors.torch.save_model(module, str(tmp / f"{key}.safetensors"))
-            files["optimizer"] = optimizer_state(optimizer)
-            files["rng"] = rng_state()
-            if ema is not None:
-                files["ema"] = ({str(i): t for i, t in enumerate(ema.shadow)}, None)
+            files = dict(files, rng=rng_state())
             data_tensors = {k: v for k, v in (data or {}).items() if torch.is_tensor(v)}
             files["data"] = (data_tensors, {k: v for k, v in (data or {}).items()
                                             if not torch.is_tensor(v)})
             for key, (tensors, meta) in files.items():
-                if tensors:
+                if isinstance(tensors, nn.Module):  # save_model: tied weights stored once
+                    safetensors.torch.save_model(tensors, str(tmp / f"{key}.safetensors"))
+                elif tensors:
                     safetensors.torch.save_file(tensors, str(tmp / f"{key}.safetensors"))
                 if meta is not None:
                     (tmp / f"{key}.json").write_text(json.dumps(meta))
@@ -171,7 +192,11 @@ class Checkpointer:
         """Restore everything saved in ``path``; returns state.json and the data position."""
         try:
             for key, module in modules.items():
-                safetensors.torch.load_model(module, str(path / f"{key}.safetensors"))
+                file = str(path / f"{key}.safetensors")
+                if is_sharded(module):
+                    load_whole_state(module, safetensors.torch.load_file(file))
+                else:
+                    safetensors.torch.load_model(module, file)
             opt_t = safetensors.torch.load_file(str(path / "optimizer.safetensors")) if (
                 path / "optimizer.safetensors").exists() else {}
             set_optimizer_state(optimizer, opt_t, json.loads((path / "optimizer.json").read_text()))
@@ -180,7 +205,7 @@ class Checkpointer:
             if ema is not None:
                 shadow = safetensors.torch.load_file(str(path / "ema.safetensors"))
                 for i, t in enumerate(ema.shadow):
-                    t.copy_(shadow[str(i)])
+                    t.copy_(like(shadow[str(i)], t))
             data = json.loads((path / "data.json").read_text())
             if (path / "data.safetensors").exists():
                 data.update(safetensors.torch.load_file(str(path / "data.safetensors")))

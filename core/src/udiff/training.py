@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -24,6 +25,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
     ProjectConfiguration,
     set_seed,
 )
@@ -33,7 +36,7 @@ from tqdm.auto import tqdm
 import udiff
 
 from . import data as datasets
-from . import lora, plugins, pretrained
+from . import lora, plugins, pretrained, sharding
 from .checkpoint import RUN_FILE, atomic_write, component_of, load_component, save_component, write_json
 from .components import Context
 from .config import ComponentChoice, TrainConfig, to_toml
@@ -44,7 +47,7 @@ from .images import grid
 from .quality import reconstruction
 from .reference import accuracy, train_reference
 from .resume import DIR as CHECKPOINTS
-from .resume import LOCK, Checkpointer, RunLock, set_rng_state
+from .resume import LOCK, Checkpointer, RunLock, set_rng_state, snapshot
 from .sampling import Pipeline
 
 
@@ -54,9 +57,10 @@ def say(line: str) -> None:
         print(f"udiff: {line}", file=sys.stderr)
 
 
-# May change on resume: they neither touch the weights nor draw from the training RNG.
+# May change on resume: they neither touch the weights nor draw from the training RNG
+# (checkpoints hold whole tensors, so a sharded run resumes unsharded and back).
 OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "max_nonfinite", "validate_every",
-               "validate_per_label", "log_with")
+               "validate_per_label", "log_with", "fsdp")
 
 
 def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
@@ -106,21 +110,32 @@ def prepare_out(out: Path, overwrite: bool, clear: bool = True) -> None:
     ``clear=False`` only checks (every process checks; the main one clears)."""
     if out.exists() and not out.is_dir():
         raise UdiffError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
-        if not overwrite:
-            what = "a run" if (out / "config.toml").exists() else "files"
-            raise UdiffError(f"--out {out} already holds {what}; choose a new --out or pass "
-                             "--overwrite")
-        if not clear:
-            return
+    held = out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+    if held and not overwrite:
+        what = "a run" if (out / "config.toml").exists() else "files"
+        raise UdiffError(f"--out {out} already holds {what}; choose a new --out or pass "
+                         "--overwrite")
+    if not clear:  # nothing created: a later error leaves no trace
+        return
+    if held:
         (out / RUN_FILE).unlink(missing_ok=True)  # the old run is no longer complete
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # nor are its checkpoints
     out.mkdir(parents=True, exist_ok=True)
 
 
+def training_on_cpu(t) -> bool:
+    return t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+
+
+def fsdp_refusal(setting: str, processes: int) -> UdiffError:
+    return UdiffError(f"--fsdp: accelerate shards a model only across 2 or more GPUs (or other "
+                      f"accelerators); this run is {setting} with {processes} process(es). Use "
+                      "--num-processes N on N GPUs, or drop --fsdp")
+
+
 def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
     t = cfg.training
-    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    cpu = training_on_cpu(t)
     if t.device == "cuda" and not torch.cuda.is_available():
         raise UdiffError("training.device = 'cuda' but no CUDA device is available")
     # accelerate keeps one process-wide state; a second run in this process (a notebook, the
@@ -135,14 +150,33 @@ def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             # every parameter takes part in each forward (udiff.testing checks backbones for it)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-                           log_with=t.log_with if tracking else None,
+            fsdp_plugin=fsdp_plugin() if t.fsdp else None,
+            log_with=t.log_with if tracking else None,
             project_config=ProjectConfiguration(project_dir=str(out),
                                                 logging_dir=str(out / "tensorboard"))
             if tracking else None)
     except (ValueError, RuntimeError) as e:
         raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
+    if t.fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        os.environ.pop("ACCELERATE_USE_FSDP", None)  # set by the plugin; later runs are not
+        raise fsdp_refusal(accelerator.distributed_type.value, accelerator.num_processes)
     check_batches(t, accelerator.num_processes)
     return accelerator
+
+
+def fsdp_plugin() -> FullyShardedDataParallelPlugin:
+    """FSDP2, fully sharded (parameters, gradients, optimizer state), one unit per block the
+    backbone names in ``_no_split_modules`` (the diffusers / transformers convention)."""
+    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
+                                          auto_wrap_policy="transformer_based_wrap")
+
+
+def prepare(accelerator: Accelerator, model: nn.Module, *rest):
+    """``accelerator.prepare``; under FSDP its plugin is first told this model's units
+    (``model._no_split_modules``) -- it would keep those of the first model it prepared."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = list(model._no_split_modules)
+    return accelerator.prepare(model, *rest)
 
 
 def check_batches(t, processes: int) -> None:
@@ -312,9 +346,9 @@ class Trainer:
 
     def save_checkpoint(self, stage: str, step: int, modules: dict, optimizer, lr_scheduler,
                         batches: Batches, ema=None, extra: dict | None = None) -> None:
-        if self.accelerator.is_main_process:
-            self.checkpoints.save(stage, step, modules, optimizer, lr_scheduler, ema,
-                                  batches.position(), extra)
+        files = snapshot(modules, optimizer, ema, keep=self.main)  # collective when sharded
+        if self.main:
+            self.checkpoints.write(stage, step, files, lr_scheduler, batches.position(), extra)
         self.accelerator.wait_for_everyone()
         if self.interrupted:
             say(f"interrupted: checkpoint {stage} step {step} saved; continue with --resume")
@@ -438,28 +472,36 @@ class Trainer:
             if not self.main:
                 cache = safetensors.torch.load_file(str(self.out / "latents.safetensors"))
                 latents, labels = cache["latents"], cache["labels"]
+                scaling = component_of(self.out / "autoencoder", "autoencoder")[2][
+                    "scaling_factor"]
         ctx = ctx.replace(latent_channels=autoencoder.latent_channels,
                           latent_size=cfg.data.image_size // autoencoder.downsample)
 
         set_seed(cfg.training.seed + 1)
         if self.init:
             den_comp, den_cfg, denoiser = (self.init[k] for k in ("component", "config", "module"))
-            if cfg.denoiser.lora:
-                lo = cfg.denoiser.lora
-                denoiser = lora.add(denoiser, lo.rank, lo.alpha, lora.targets(den_comp, lo.targets))
         else:
             den_comp, den_cfg, denoiser = plugins.build("denoiser", cfg.denoiser, ctx)
+        lo = cfg.denoiser.lora
+        adapted = (lambda m: lora.add(m, lo.rank, lo.alpha, lora.targets(den_comp, lo.targets))
+                   ) if lo else (lambda m: m)
+        denoiser, den_ctx = adapted(denoiser), ctx
         ctx = ctx.for_denoiser(denoiser)
         cond_comp, cond_cfg, conditioner = plugins.build("conditioner", cfg.conditioner, ctx)
         self.reuse_label_table(conditioner)
         scheduler = sched_comp.build(sched_cfg, ctx)
         validation = None
-        if cfg.training.validate_every and self.main:
+        if cfg.training.validate_every:  # every process: sharded modules sample in lock-step
             validation = Validation(self, data, Pipeline(
                 autoencoder, denoiser, conditioner, sched_comp.name, sched_cfg, data.label_names,
                 scaling, ctx, freeze=False))
         self.stage2(denoiser, conditioner, scheduler, latents, labels,
                     checkpoint if stage == "denoiser" else None, validation)
+        if sharding.is_sharded(denoiser):  # whole modules for the main process to save
+            denoiser = sharding.plain_copy(
+                denoiser, lambda: adapted(den_comp.build(den_cfg, den_ctx)), self.main)
+            conditioner = sharding.plain_copy(
+                conditioner, lambda: cond_comp.build(cond_cfg, ctx), self.main)
 
         if self.main:
             self.save_denoiser(den_comp, den_cfg, denoiser)
@@ -471,6 +513,7 @@ class Trainer:
                 "context": ctx.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
                 "wall_seconds": time.time() - start, "autoencoder": self.reconstruction,
                 "processes": self.accelerator.num_processes,
+                "distributed_type": self.accelerator.distributed_type.value,
             })
             training_curves(self.log_path, self.out / "training.png")
         self.accelerator.wait_for_everyone()
@@ -533,7 +576,7 @@ class Trainer:
         opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
         loader, gen = shuffled(torch.utils.data.TensorDataset(train_part.images),
                                t.autoencoder_batch_size, t.seed)
-        objective, opt, loader = acc.prepare(AutoencoderObjective(autoencoder), opt, loader)
+        objective, opt, loader = prepare(acc, AutoencoderObjective(autoencoder), opt, loader)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, t.autoencoder_steps))
         batches = Batches(loader, gen)
         modules = {"autoencoder": autoencoder}
@@ -558,6 +601,9 @@ class Trainer:
                     self.log(stage="autoencoder", step=step, loss=loss.item(), **logs)
                 if self.checkpoint_due(step + 1, t.autoencoder_steps):
                     self.save_checkpoint("autoencoder", step + 1, modules, opt, sched, batches)
+        if sharding.is_sharded(autoencoder):  # every process encodes and decodes with it
+            autoencoder = sharding.plain_copy(autoencoder, lambda: comp.build(config, ctx),
+                                              device=acc.device)
         autoencoder.eval()
         self.score_autoencoder(autoencoder, data)
         return autoencoder, comp, config, scaling
@@ -638,6 +684,7 @@ class AutoencoderObjective(nn.Module):
     def __init__(self, autoencoder: nn.Module) -> None:
         super().__init__()
         self.autoencoder = autoencoder
+        self._no_split_modules = sharding.units(autoencoder)  # FSDP units: its blocks
 
     def forward(self, images: torch.Tensor):
         return self.autoencoder.loss(images)
@@ -650,9 +697,15 @@ class Denoising(nn.Module):
     def __init__(self, denoiser: nn.Module, conditioner: nn.Module) -> None:
         super().__init__()
         self.denoiser, self.conditioner = denoiser, conditioner
+        # FSDP units: the backbone's blocks, and denoiser and conditioner each whole, so that
+        # validation can call them directly (their forward gathers their shards).
+        self._no_split_modules = [*sharding.units(denoiser, conditioner),
+                                  type(denoiser).__name__, type(conditioner).__name__]
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor):
-        return self.denoiser(noisy, timesteps, self.conditioner(labels))[:, : noisy.shape[1]]
+        out = self.denoiser(noisy, timesteps, self.conditioner(labels))
+        c = noisy.shape[1]  # learned-variance backbones return 2c channels: keep the prediction
+        return out if out.shape[1] == c else out[:, :c].contiguous()  # a copy, not a view (FSDP)
 
 
 class Draws:
@@ -735,14 +788,16 @@ class DenoiserTraining:
         if t.compile:
             denoiser.compile()  # in place: parameter names and state dict keys are unchanged
         self.accelerator, self.scheduler = accelerator, scheduler
-        self.params = [p for mod in (denoiser, conditioner) for p in mod.parameters()
-                       if p.requires_grad]
-        opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        trained = [p for mod in (denoiser, conditioner) for p in mod.parameters()
+                   if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=t.lr, weight_decay=t.weight_decay)
         warm = max(1, t.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        # The prepared (possibly DDP-wrapped) model shares its parameters with the originals.
-        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(
+        # A DDP-wrapped model shares its parameters with the originals; FSDP replaces them (in
+        # the same modules, same order) with sharded ones: read them after prepare.
+        self.model, self.optimizer, self.lr_scheduler = prepare(accelerator,
             Denoising(denoiser, conditioner), opt, sched)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
         self.model.train()
         self.draws = Draws(t.seed + 4, accelerator.process_index, accelerator.num_processes,

@@ -113,6 +113,8 @@ def sincos_pos_embed(dim: int, grid: int) -> np.ndarray:
 class DiT(nn.Module):
     """``forward(x [B, C, H, W], t [B], cond) -> [B, C (x2 if learn_sigma), H, W]``."""
 
+    _no_split_modules = ["DiTBlock"]  # FSDP shards block by block (diffusers' convention)
+
     def __init__(self, config: DiTConfig, context: Context) -> None:
         super().__init__()
         size, channels = context.latent_size or 32, context.latent_channels or 4
