@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -72,3 +74,75 @@ def test_batch_must_split_evenly_one_line(tmp_path):
     proc = run_udiff(*BASE, "--batch-size", "15", "--num-processes", "2", "--out", tmp_path / "x")
     assert proc.returncode == 2 and "multiple of the 2 processes" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+# -- FSDP ------------------------------------------------------------------------------------
+FSDP_LAUNCHER = Path(__file__).with_name("fsdp_on_cpu.py")
+
+
+def run_fsdp_on_cpu(*args, processes: int = 2):
+    """``udiff <args>`` in ``processes`` gloo processes with accelerate's FSDP plugin (its CPU
+    gate lifted: see fsdp_on_cpu.py)."""
+    cmd = command(["train"], processes, "no")
+    cmd = [*cmd[: cmd.index("-m", 3)], str(FSDP_LAUNCHER), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_fsdp_is_refused_on_cpu_in_one_line(tmp_path):
+    """What a user gets from accelerate on CPU: no FSDP, so one line, not a silent DDP run."""
+    for extra in ([], ["--num-processes", "2"]):
+        proc = run_udiff(*BASE, "--fsdp", *extra, "--out", tmp_path / "x")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "--fsdp: accelerate shards a model only in a distributed GPU run" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_fsdp_units_are_the_blocks_present():
+    from udiff import plugins
+    from udiff.components import Context
+    from udiff.sharding import units
+
+    ctx = Context(image_channels=1, image_size=8, num_labels=10, latent_channels=4, latent_size=4)
+    def build(role, name):
+        comp = plugins.get(role, name)
+        return comp.build(comp.make_config("tiny"), ctx)
+
+    ae, dit, unet = build("autoencoder", "kl"), build("denoiser", "dit"), build("denoiser", "unet")
+    assert units(dit) == ["DiTBlock"]
+    assert "ResnetBlock2D" in units(unet) and "ResnetBlock2D" in units(ae)
+    # diffusers' lists name blocks a small configuration never builds: they are left out
+    assert "BasicTransformerBlock" not in units(ae)
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance  # three 2-process runs: after the suite (.ci/run)
+def test_fsdp_two_processes_match_one_and_resume(tmp_path):
+    sharded, one = tmp_path / "fsdp", tmp_path / "one"
+    proc = run_fsdp_on_cpu(*BASE, "--autoencoder-steps", "6", "--fsdp", "--out", sharded)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((sharded / "run.json").read_text())
+    assert (run["processes"], run["distributed_type"]) == (2, "FSDP")
+    # Checkpoints hold whole tensors (gathered from the shards), loadable without FSDP.
+    ckpt = sharded / "checkpoints" / "1-denoiser-000000003"
+    whole = load_file(str(ckpt / "denoiser.safetensors"))
+    assert whole.keys() == weights(sharded).keys()
+    assert all(whole[k].shape == v.shape for k, v in weights(sharded).items())
+
+    proc = run_udiff(*BASE, "--autoencoder", sharded, "--out", one)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("denoiser", "conditioner"):
+        assert max_difference(weights(sharded, part), weights(one, part)) <= 1e-5, part
+
+    # The step-3 checkpoint resumes sharded (scattered back into shards) and on one process.
+    for name, launch_it in (("sharded", run_fsdp_on_cpu), ("unsharded", run_udiff)):
+        resumed = tmp_path / name
+        shutil.copytree(sharded, resumed)
+        (resumed / "run.json").unlink()
+        for part in ("denoiser", "conditioner"):
+            shutil.rmtree(resumed / part)
+        flags = ["--fsdp"] if name == "sharded" else []
+        proc = launch_it(*BASE, "--autoencoder-steps", "6", *flags, "--resume", "--out", resumed)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "continuing from 1-denoiser-000000003" in proc.stderr
+        for part in ("denoiser", "conditioner"):
+            assert max_difference(weights(resumed, part), weights(sharded, part)) <= 1e-5, name

@@ -27,3 +27,24 @@ def test_cuda_request_without_gpu_is_one_line(cli, tmp_path):
         pytest.skip("a CUDA device is present")
     cli.fails("train", "--data", "digits", "--backbone", "unet", *TINY, "--device", "cuda",
               "--out", tmp_path / "r", match="no CUDA device")
+
+
+@needs_cuda
+def test_fsdp_on_gpus(cli, tmp_path):
+    """accelerate's own FSDP path (no gate lifted): every GPU present a process, one is enough."""
+    import json
+
+    from conftest import run_udiff
+
+    gpus = torch.cuda.device_count()
+    out = tmp_path / "fsdp"
+    proc = run_udiff("train", "--data", "digits", "--backbone", "flux", *TINY, "--device", "cuda",
+                     "--mixed-precision", "bf16", "--batch-size", str(16 * gpus),
+                     "--num-processes", str(gpus), "--fsdp", "--checkpoint-every", "10",
+                     "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert (run["processes"], run["distributed_type"]) == (gpus, "FSDP")
+    pipe = udiff.load(out, device="cuda")
+    images, _ = pipe.sample_tensor([0, 1], per_label=2, steps=4)
+    assert torch.isfinite(images).all()

@@ -98,9 +98,8 @@ def cmd_train(args) -> int:
         if cfg.training.fsdp:
             from .training import fsdp_refusal, training_on_cpu
 
-            if training_on_cpu(cfg.training) or args.num_processes < 2:
-                raise fsdp_refusal("CPU" if training_on_cpu(cfg.training) else "one GPU",
-                                   args.num_processes)
+            if training_on_cpu(cfg.training):
+                raise fsdp_refusal("on CPU", args.num_processes)
         return launch(args.argv, args.num_processes, cfg.training.mixed_precision)
     out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch: the main process says it
@@ -257,7 +256,7 @@ def build_parser() -> Parser:
                    "--multi_gpu --num_processes N -m udiff train ...` (CPU: gloo, GPU: NCCL)")
     s.add_argument("--fsdp", action="store_true",
                    help="shard the model across the processes (FSDP2) instead of replicating "
-                   "it (DDP): for backbones too big for one GPU; needs 2+ GPUs")
+                   "it (DDP): for backbones too big for one GPU; needs --num-processes on GPUs")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("info", help="parameters and MACs of a configuration (meta device)")

@@ -114,13 +114,8 @@ class Checkpointer:
     def name(self, stage: str, step: int) -> str:
         return f"{STAGES.index(stage)}-{stage}-{step:09d}"
 
-    def save(self, stage: str, step: int, modules: dict[str, nn.Module], optimizer,
-             lr_scheduler, ema=None, data: dict | None = None, extra: dict | None = None) -> Path:
-        return self.write(stage, step, snapshot(modules, optimizer, ema), lr_scheduler, data,
-                          extra)
-
-    def write(self, stage: str, step: int, files: Files, lr_scheduler, data: dict | None = None,
-              extra: dict | None = None) -> Path:
+    def save(self, stage: str, step: int, files: Files, lr_scheduler, data: dict | None = None,
+             extra: dict | None = None) -> Path:
         """Write a :func:`snapshot` (plus the LR schedule, RNG and data position) atomically."""
         final = self.root / self.name(stage, step)
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"

@@ -128,9 +128,9 @@ def training_on_cpu(t) -> bool:
 
 
 def fsdp_refusal(setting: str, processes: int) -> UdiffError:
-    return UdiffError(f"--fsdp: accelerate shards a model only across 2 or more GPUs (or other "
-                      f"accelerators); this run is {setting} with {processes} process(es). Use "
-                      "--num-processes N on N GPUs, or drop --fsdp")
+    return UdiffError(f"--fsdp: accelerate shards a model only in a distributed GPU run (or "
+                      f"other accelerators), started with --num-processes N on N GPUs; this run "
+                      f"is {setting} with {processes} process(es). Drop --fsdp here")
 
 
 def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
@@ -159,7 +159,9 @@ def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
         raise UdiffError(f"cannot set up training ({t.mixed_precision=}): {e}") from None
     if t.fsdp and accelerator.distributed_type != DistributedType.FSDP:
         os.environ.pop("ACCELERATE_USE_FSDP", None)  # set by the plugin; later runs are not
-        raise fsdp_refusal(accelerator.distributed_type.value, accelerator.num_processes)
+        kind = accelerator.distributed_type
+        raise fsdp_refusal("not distributed" if kind == DistributedType.NO else kind.value,
+                           accelerator.num_processes)
     check_batches(t, accelerator.num_processes)
     return accelerator
 
@@ -348,7 +350,7 @@ class Trainer:
                         batches: Batches, ema=None, extra: dict | None = None) -> None:
         files = snapshot(modules, optimizer, ema, keep=self.main)  # collective when sharded
         if self.main:
-            self.checkpoints.write(stage, step, files, lr_scheduler, batches.position(), extra)
+            self.checkpoints.save(stage, step, files, lr_scheduler, batches.position(), extra)
         self.accelerator.wait_for_everyone()
         if self.interrupted:
             say(f"interrupted: checkpoint {stage} step {step} saved; continue with --resume")
