@@ -118,10 +118,14 @@ def test_fsdp_units_are_the_blocks_present():
 @pytest.mark.acceptance  # three 2-process runs: after the suite (.ci/run)
 def test_fsdp_two_processes_match_one_and_resume(tmp_path):
     sharded, one = tmp_path / "fsdp", tmp_path / "one"
-    proc = run_fsdp_on_cpu(*BASE, "--autoencoder-steps", "6", "--fsdp", "--out", sharded)
+    # Validation samples from the sharded modules in lock-step (and must not move the weights).
+    proc = run_fsdp_on_cpu(*BASE, "--autoencoder-steps", "6", "--fsdp", "--validate-every", "3",
+                           "--out", sharded)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((sharded / "run.json").read_text())
     assert (run["processes"], run["distributed_type"]) == (2, "FSDP")
+    assert sorted(p.name for p in (sharded / "validation").iterdir()) == [
+        "step-000003.png", "step-000006.png"]
     # Checkpoints hold whole tensors (gathered from the shards), loadable without FSDP.
     ckpt = sharded / "checkpoints" / "1-denoiser-000000003"
     whole = load_file(str(ckpt / "denoiser.safetensors"))
