@@ -493,7 +493,8 @@ class Trainer:
         self.reuse_label_table(conditioner)
         scheduler = sched_comp.build(sched_cfg, ctx)
         validation = None
-        if cfg.training.validate_every:  # every process: sharded modules sample in lock-step
+        # Sharded modules can only sample in lock-step on every process; whole ones on the main.
+        if cfg.training.validate_every and (self.main or cfg.training.fsdp):
             validation = Validation(self, data, Pipeline(
                 autoencoder, denoiser, conditioner, sched_comp.name, sched_cfg, data.label_names,
                 scaling, ctx, freeze=False))
