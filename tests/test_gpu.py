@@ -31,7 +31,8 @@ def test_cuda_request_without_gpu_is_one_line(cli, tmp_path):
 
 @needs_cuda
 def test_fsdp_on_gpus(cli, tmp_path):
-    """accelerate's own FSDP path (no gate lifted): every GPU present a process, one is enough."""
+    """accelerate's own FSDP path (no gate lifted): a process per GPU present (a single GPU is
+    one MULTI_GPU process, which accelerate also turns FSDP)."""
     import json
 
     from conftest import run_udiff
