@@ -32,7 +32,7 @@ def backbones() -> list[str]:
 @pytest.mark.parametrize("backbone", backbones())
 def test_bare_baselines_run_the_same_computation(backbone):
     case = Case(backbone, "tiny", 4, steps=3, scheduler=plugins.get(
-        "denoiser", backbone).meta.get("default_scheduler", "ddpm"))
+        "denoiser", backbone).meta.default_scheduler)
     pipe = pipeline(case)
     noise, labels = noise_and_labels(case)
     torch.testing.assert_close(udiff_sample(pipe, case, noise, labels),

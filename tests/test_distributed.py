@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_udiff
-from udiff.launch import child_argv, command
+from udiff.training.launch import child_argv, command
 
 STEPS = ["--max-steps", "6", "--checkpoint-every", "3", "--batch-size", "16", "--lr", "2e-3"]
 BASE = ["train", "--data", "digits", "--backbone", "unet", "--preset", "tiny", *STEPS]
@@ -99,8 +99,8 @@ def test_fsdp_is_refused_on_cpu_in_one_line(tmp_path):
 
 def test_fsdp_units_are_the_blocks_present():
     from udiff import plugins
-    from udiff.components import Context
-    from udiff.sharding import units
+    from udiff.context import Context
+    from udiff.weights.sharding import units
 
     ctx = Context(image_channels=1, image_size=8, num_labels=10, latent_channels=4, latent_size=4)
     def build(role, name):

@@ -30,7 +30,9 @@ def test_json_lists_unet_plugin_and_hides_builtins(cli):
     assert found["udiff-unet"]["provides"] == {"denoiser": ["unet"]}
     assert found["udiff-unet"]["error"] is None and found["udiff-unet"]["version"]
     assert not any(name.startswith("udiff.builtins") for name in found)
-    assert set(found["udiff-unet"]) == {"name", "version", "provides", "error", "init_formats"}
+    assert set(found["udiff-unet"]) == {"name", "version", "provides", "error", "init_formats",
+                                        "presets"}
+    assert found["udiff-unet"]["presets"] == {"unet": ["tiny", "small", "bench", "sd15"]}
     assert found["udiff-unet"]["init_formats"] == {"unet": ["diffusers UNet2DConditionModel folder"]}
 
 
@@ -150,21 +152,22 @@ def test_broken_plugin_in_real_process(install_plugin):
 
 ALL_ROLES = '''
 from udiff import hookimpl
-from udiff.builtins import autoencoder_kl, label_conditioner, noise_schedulers
+from udiff.builtins import (autoencoder_kl, autoencoders, conditioners, label_conditioner,
+                            noise_schedulers, schedulers)
 
 @hookimpl
 def register_autoencoders(register):
-    register("kl2", autoencoder_kl.KLConfig,
+    register("kl2", autoencoders.KLConfig,
              lambda c, ctx: autoencoder_kl.KLAutoencoder(c, ctx.image_channels),
-             autoencoder_kl.PRESETS)
+             autoencoders.KL_PRESETS)
 
 @hookimpl
 def register_conditioners(register):
-    register("label2", label_conditioner.LabelConfig, label_conditioner.build)
+    register("label2", conditioners.LabelConfig, label_conditioner.build)
 
 @hookimpl
 def register_schedulers(register):
-    register("ddim2", noise_schedulers.NoiseScheduleConfig,
+    register("ddim2", schedulers.NoiseScheduleConfig,
              lambda c, ctx: noise_schedulers.NoiseScheduler(c, noise_schedulers.DDIMScheduler),
              family="noise")
 '''

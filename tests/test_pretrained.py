@@ -167,7 +167,7 @@ def test_lora_trains_saves_samples_and_merges(cli, tmp_path, tiny_run):
     trainable = sum(p.numel() for n, p in params.items() if "lora_" in n)
     assert 0 < trainable < 0.05 * sum(p.numel() for p in params.values())
     # The base is bitwise the pretrained file: only the adapter trained.
-    from udiff.lora import base_state
+    from udiff.weights.lora import base_state
 
     source = load_file(str(base / "diffusion_pytorch_model.safetensors"))
     ours = base_state(pipe.denoiser)

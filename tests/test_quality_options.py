@@ -13,7 +13,7 @@ import udiff
 from conftest import TINY
 from udiff import plugins
 from udiff.data import augment
-from udiff.training import objective_loss
+from udiff.training.objective import objective_loss
 
 
 def train(cli, tmp_path, toml: str = "", *flags, name: str = "run"):

@@ -16,7 +16,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from udiff.resume import MARKER, Checkpointer, RunLock
+from udiff.run.checkpoints import Checkpointer
+from udiff.run.layout import MARKER
+from udiff.run.lock import RunLock
 
 # Long enough that kills land in both stages and in checkpoint writes (a checkpoint every 3 steps).
 BASE = ["--data", "digits", "--backbone", "dit", "--preset", "tiny", "--batch-size", "16"]
@@ -148,10 +150,10 @@ def test_second_trainer_on_the_same_out_is_refused(cli, tmp_path):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
-    import udiff.resume
+    import udiff.run.checkpoints
 
     calls = {"n": 0}
-    real = udiff.resume._fsync
+    real = udiff.run.checkpoints._fsync
 
     def fsync(path):
         calls["n"] += 1
@@ -159,7 +161,7 @@ def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path)
 
-    monkeypatch.setattr(udiff.resume, "_fsync", fsync)
+    monkeypatch.setattr(udiff.run.checkpoints, "_fsync", fsync)
     out = tmp_path / "run"
     line = fails_mid_run(cli, "train", *ARGS, "--out", out, match="no space left on device")
     assert "is intact" in line
@@ -170,9 +172,9 @@ def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
 
 
 def test_nonfinite_losses_are_skipped_counted_and_bounded(cli, tmp_path, monkeypatch):
-    import udiff.training
+    import udiff.training.objective
 
-    real = udiff.training.objective_loss
+    real = udiff.training.objective.objective_loss
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -180,7 +182,7 @@ def test_nonfinite_losses_are_skipped_counted_and_bounded(cli, tmp_path, monkeyp
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] in (3, 4) or calls["n"] > 12 else loss
 
-    monkeypatch.setattr(udiff.training, "objective_loss", flaky)
+    monkeypatch.setattr(udiff.training.objective, "objective_loss", flaky)
     out = tmp_path / "run"
     line = fails_mid_run(cli, "train", *BASE, "--autoencoder-steps", "2", "--max-steps", "30",
                          "--checkpoint-every", "4", "--max-nonfinite", "5", "--out", out,

@@ -29,7 +29,7 @@ class ComponentChoice(Strict):
 
 class AutoencoderChoice(ComponentChoice):
     name: str = Field("kl", description="Registered autoencoder name.")
-    preset: str | None = Field("tiny", description="Named preset of the autoencoder.")
+    preset: str | None = Field("tiny", description="The autoencoder's preset (tiny, small, sd).")
     from_run: str | None = Field(None, description="Reuse the trained autoencoder of this run "
                                  "directory instead of training stage 1.")
     pretrained: str | None = Field(None, description="A pretrained diffusers AutoencoderKL or "
@@ -40,14 +40,19 @@ class AutoencoderChoice(ComponentChoice):
 
 
 class LoraChoice(Strict):
-    rank: int = Field(ge=1, le=1024, description="LoRA rank r.")
+    rank: int = Field(ge=1, le=1024, description="Train LoRA adapters of rank R on the frozen "
+                      "init_from base (peft) instead of every weight.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha / r); default r.")
-    targets: list[str] = Field(["attention"], min_length=1, description="'attention', 'mlp' "
-                               "(the backbone's groups) or module-name suffixes.")
+    targets: list[str] = Field(["attention"], min_length=1, description="LoRA targets: "
+                               "'attention', 'mlp' (the backbone's groups) or module-name "
+                               "suffixes, comma-separated.")
 
 
 class DenoiserChoice(ComponentChoice):
-    name: str = Field("unet", description="Registered denoiser (backbone) name.")
+    name: str = Field("unet", description="The denoiser (backbone): unet, dit, flux or a "
+                      "third-party plugin's (see `udiff plugins`).")
+    preset: str | None = Field(None, description="The backbone's preset, e.g. tiny, small, bench "
+                               "(`udiff plugins` lists them).")
     init_from: str | None = Field(None, description="Pretrained weights in a format the backbone "
                                   "declares (see `udiff plugins --json`).")
     lora: LoraChoice | None = Field(None, description="Train LoRA adapters on the frozen "
@@ -128,7 +133,9 @@ class TrainConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     autoencoder: AutoencoderChoice = Field(default_factory=AutoencoderChoice)
     denoiser: DenoiserChoice = Field(default_factory=DenoiserChoice)
-    scheduler: ComponentChoice | None = Field(None, description="Default: the denoiser's.")
+    scheduler: ComponentChoice | None = Field(None, description="Training scheduler, i.e. the "
+                                              "objective: ddpm/ddim/dpm++ (noise prediction) or "
+                                              "flow (rectified flow); default: the backbone's.")
     conditioner: ConditionerChoice = Field(default_factory=ConditionerChoice)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

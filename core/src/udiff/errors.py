@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import difflib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class UdiffError(Exception):
     """A problem with the user's input, configuration or installed plugins."""
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when a known word is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def describe_validation(prefix: str, err: ValidationError) -> str:

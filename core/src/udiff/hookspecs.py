@@ -5,7 +5,10 @@ Every hook receives a ``register`` callback (as in simonw/llm's ``register_model
     register(name, config_model, factory, presets=None, **meta)
 
 ``config_model`` is a pydantic v2 model (``extra="forbid"``) describing the component's options,
-``factory(config, context)`` builds it, ``presets`` maps preset names to option overrides.
+``factory(config, context)`` builds it (a callable, or ``"module:attribute"`` imported when the
+component is first built, so registering stays light), ``presets`` maps preset names to option
+overrides, and ``meta`` holds the role's typed keys (:mod:`udiff.plugins.contract`): an unknown
+or mistyped key disables the plugin with a one-line error.
 """
 
 from collections.abc import Callable
@@ -20,28 +23,23 @@ Register = Callable[..., None]
 
 @hookspec
 def register_autoencoders(register: Register) -> None:
-    """Register autoencoders: ``factory(config, context) -> nn.Module`` with
-    ``encode(images) -> latents`` (a sample of the posterior), ``decode(latents) -> images``,
-    ``loss(images) -> (loss, logs)`` for stage 1, and ``latent_channels`` / ``downsample``."""
+    """Register autoencoders: ``factory(config, context) -> nn.Module`` meeting
+    :class:`udiff.plugins.contract.Autoencoder`; meta :class:`~udiff.plugins.contract.AutoencoderMeta`."""
 
 
 @hookspec
 def register_denoisers(register: Register) -> None:
-    """Register denoisers: ``factory(config, context) -> nn.Module`` whose
-    ``forward(noisy_latents, timesteps, conditioning)`` returns a prediction shaped like the latents.
-    ``context`` is a :class:`udiff.components.Context`; the module exposes ``cond_dim`` (and
-    optionally ``pooled_dim``), the conditioning widths it takes."""
+    """Register denoisers: ``factory(config, context) -> nn.Module`` meeting
+    :class:`udiff.plugins.contract.Denoiser`; meta :class:`~udiff.plugins.contract.DenoiserMeta`."""
 
 
 @hookspec
 def register_schedulers(register: Register) -> None:
-    """Register schedulers: ``factory(config, context) -> udiff.schedulers.Scheduler`` (training
-    side: timesteps, noising, target; sampling side: ``set_timesteps``, ``step``)."""
+    """Register schedulers: ``factory(config, context) -> udiff.schedulers.Scheduler``; meta
+    :class:`~udiff.plugins.contract.SchedulerMeta` (its objective ``family``)."""
 
 
 @hookspec
 def register_conditioners(register: Register) -> None:
-    """Register conditioners: ``factory(config, context) -> nn.Module`` mapping labels ``[B]`` to a
-    :class:`udiff.components.Conditioning` (tokens ``[B, L, D]``, pooled ``[B, D]``), with
-    ``null(batch)`` (the unconditional labels) and ``dropout`` (the rate at which the training
-    loop swaps labels for the null one)."""
+    """Register conditioners: ``factory(config, context) -> nn.Module`` meeting
+    :class:`udiff.plugins.contract.Conditioner`; no meta keys."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import plugins
 from .errors import UdiffError
+from .plugins.contract import resolve
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
                 "diffusion_pytorch_model.bin")
@@ -99,19 +100,19 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: Pa
 def autoencoder(path: str | Path, context) -> tuple[plugins.Component, object, nn.Module, float]:
     """The pretrained autoencoder: its component, config, module (frozen) and scaling factor."""
     comps = [c for c in plugins.registry().components["autoencoder"].values()
-             if c.meta.get("diffusers_class")]
-    classes = tuple(c.meta["diffusers_class"] for c in comps)
+             if c.meta.diffusers_class and c.meta.from_diffusers_config]
+    classes = tuple(c.meta.diffusers_class for c in comps)
     try:
         config, state = diffusers_files(Path(path), classes)
     except NotThisFormat as e:
         raise UdiffError(f"--autoencoder-from {e}") from None
-    comp = next(c for c in comps if c.meta["diffusers_class"] == config["_class_name"])
+    comp = next(c for c in comps if c.meta.diffusers_class == config["_class_name"])
     channels = config.get("in_channels", 3)
     if channels != context.image_channels:
         raise UdiffError(f"--autoencoder-from {path} takes {channels}-channel images, the data has "
                          f"{context.image_channels} (set data.channels = {channels})")
     try:
-        options = comp.meta["from_diffusers_config"](config)
+        options = resolve(comp.meta.from_diffusers_config)(config)
     except ValueError as e:
         raise UdiffError(f"--autoencoder-from {path}: {e}") from None
     cfg = comp.make_config(options=options)
@@ -125,13 +126,13 @@ def denoiser_state(comp: plugins.Component, path: str | Path, config, context) -
     path = Path(path)
     if not path.exists():
         raise UdiffError(f"--init-from {path} does not exist")
-    formats = comp.meta.get("init_formats") or {}
+    formats = comp.meta.init_formats
     if not formats:
         raise UdiffError(f"denoiser {comp.name!r} ({comp.plugin}) declares no --init-from formats")
     reasons = []
     for name, reader in formats.items():
         try:
-            return reader(path, config, context)
+            return resolve(reader)(path, config, context)
         except NotThisFormat as e:
             reasons.append(f"{name}: {e}")
     raise UdiffError(f"--init-from {path} is not a format {comp.plugin} reads ({'; '.join(reasons)})")

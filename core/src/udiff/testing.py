@@ -15,8 +15,9 @@ import safetensors.torch
 import torch
 
 from . import plugins
-from .components import Context
-from .training import Denoising, objective_loss
+from .context import Context
+from .plugins.assembly import Part, assemble
+from .training.objective import Denoising, objective_loss
 
 CONTEXT = Context(image_channels=1, image_size=16, latent_channels=4, latent_size=8, num_labels=3)
 
@@ -27,12 +28,11 @@ def build(name: str, preset: str | None, context: Context, seed: int):
     if preset is None and "tiny" in comp.presets:
         preset = "tiny"
     torch.manual_seed(seed)
-    denoiser = comp.build(comp.make_config(preset), context)
-    assert isinstance(denoiser, torch.nn.Module), "the factory must return a torch.nn.Module"
-    ctx = context.for_denoiser(denoiser)
     lab = plugins.get("conditioner", "label")
-    conditioner = lab.build(lab.make_config(options={"dropout": 0.0}), ctx)
-    return comp, preset, denoiser, conditioner
+    stack = assemble(context, Part(comp, comp.make_config(preset)).build,
+                     Part(lab, lab.make_config(options={"dropout": 0.0})).build)
+    assert isinstance(stack.denoiser, torch.nn.Module), "the factory must return a torch.nn.Module"
+    return comp, preset, stack.denoiser, stack.conditioner
 
 
 def batch(context: Context, n: int = 4, seed: int = 0):

@@ -7,9 +7,9 @@ import torch
 
 from udiff import plugins
 from udiff.config import TrainConfig
-from udiff.info import describe
+from udiff.evaluation.size import describe
 from udiff.testing import check_denoiser
-from udiff_dit.model import PRESETS
+from udiff_dit.config import PRESETS
 
 # facebookresearch/DiT, 256x256 images (32x32x4 latents), 1000 classes, learn_sigma.
 OFFICIAL = {"S/2": 32_963_360, "B/2": 130_512_416, "L/2": 458_102_816, "XL/2": 675_129_632}

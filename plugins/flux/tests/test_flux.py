@@ -81,7 +81,7 @@ def test_listed_with_flow_as_default(capsys):
     found = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert found["udiff-flux"]["provides"] == {"denoiser": ["flux"]}
     assert found["udiff-flux"]["error"] is None
-    assert plugins.get("denoiser", "flux").meta["default_scheduler"] == "flow"
+    assert plugins.get("denoiser", "flux").meta.default_scheduler == "flow"
 
 
 @pytest.fixture(scope="module")

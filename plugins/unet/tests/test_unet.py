@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from udiff import plugins
-from udiff.components import Context
+from udiff.context import Context
 from udiff.testing import check_denoiser
 
 

@@ -1,7 +1,7 @@
 """One benchmark case (backbone x preset x batch): its modules, and the steps the suite times.
 
-The training step is :class:`udiff.training.DenoiserTraining` (what ``udiff train`` runs) and
-sampling is :meth:`udiff.sampling.Pipeline.denoise` (what ``udiff sample`` runs); the bare
+The training step is :class:`udiff.training.step.DenoiserTraining` (what ``udiff train`` runs)
+and sampling is :meth:`udiff.sampling.Pipeline.denoise` (what ``udiff sample`` runs); the bare
 baselines below call the same modules, optimizer and diffusers scheduler directly.
 """
 
@@ -14,12 +14,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from .. import lora, plugins
-from ..components import Context
+from .. import plugins
 from ..config import TrainingConfig
-from ..info import forward_macs
+from ..context import Context
+from ..evaluation.size import forward_macs
+from ..plugins import defaults
+from ..plugins.assembly import Part, assemble
 from ..sampling import Pipeline
-from ..training import DenoiserTraining
+from ..training.step import DenoiserTraining
+from ..weights import lora
 
 LABELS = 10
 
@@ -31,7 +34,7 @@ class Case:
     batch: int
     device: str = "cpu"
     latent_size: int = 8  # latents [4, s, s]: 16x16 images through the demo's 2x autoencoder
-    scheduler: str = "ddpm"  # training objective; sampling uses ddim (noise) or flow
+    scheduler: str = "ddpm"  # training objective; sampling uses its family's default sampler
     steps: int = 10  # sampling steps per image
     guidance: float = 3.0
     gradient_checkpointing: bool = False
@@ -56,17 +59,14 @@ def context(case: Case) -> Context:
 def modules(case: Case, seed: int = 0):
     """(denoiser, conditioner, training scheduler) on the case's device."""
     torch.manual_seed(seed)
-    ctx = context(case)
     comp = plugins.get("denoiser", case.backbone)
-    denoiser = comp.build(comp.make_config(case.preset), ctx)
-    if case.lora_rank:
-        denoiser = lora.add(denoiser, case.lora_rank, None, lora.targets(comp, ["attention"]))
-    ctx = ctx.for_denoiser(denoiser)
-    lab = plugins.get("conditioner", "label")
-    conditioner = lab.build(lab.make_config(), ctx)
-    sched = plugins.get("scheduler", case.scheduler)
-    scheduler = sched.build(sched.make_config(), ctx)
-    return denoiser.to(case.device), conditioner.to(case.device), scheduler
+    part = Part(comp, comp.make_config(case.preset))
+    make = (lambda c: lora.add(part.build(c), case.lora_rank, None,
+                               lora.targets(comp, ["attention"]))) if case.lora_rank else part.build
+    lab, sched = plugins.get("conditioner", "label"), plugins.get("scheduler", case.scheduler)
+    stack = assemble(context(case), make, Part(lab, lab.make_config()).build,
+                     Part(sched, sched.make_config()).build)
+    return stack.denoiser.to(case.device), stack.conditioner.to(case.device), stack.scheduler
 
 
 def batch(case: Case, seed: int = 0):
@@ -118,8 +118,7 @@ class BareTraining:
 
 
 def sampler_name(case: Case) -> str:
-    family = plugins.get("scheduler", case.scheduler).meta.get("family")
-    return "flow" if family == "flow" else "ddim"
+    return defaults.sampler(case.scheduler)[0]
 
 
 def pipeline(case: Case, seed: int = 0) -> Pipeline:

@@ -8,6 +8,7 @@ import pytest
 
 from .. import plugins
 from ..errors import UdiffError
+from ..plugins import defaults
 from .cases import Case
 
 UPGRADE_PATH = ("unet", "dit", "flux")  # the report's column order; the first is the baseline
@@ -29,7 +30,7 @@ class Settings:
 
     def cases(self) -> list[Case]:
         return [Case(b, self.preset, n, self.device, self.latent_size, steps=self.steps,
-                     scheduler=plugins.get("denoiser", b).meta.get("default_scheduler", "ddpm"))
+                     scheduler=defaults.training_scheduler(b))
                 for b in self.backbones for n in self.batches]
 
     def checkpointing_case(self) -> Case:

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .. import plugins
-from ..components import Context
 from ..config import resolve
+from ..context import Context
 from .cases import BareTraining, Case, bare_sample, batch, noise_and_labels, pipeline, training, udiff_sample
 from .memory import peak_mb
 
@@ -117,7 +117,7 @@ def solver_gap(backbone: str, quick: bool, device: str = "cpu") -> dict:
     """Label accuracy of DPM-Solver++ 20 steps minus DDIM 50 steps, one tiny digits model
     (epsilon objective); both samplers start from the same noise."""
     from ..data import load_digits
-    from ..reference import accuracy, train_reference
+    from ..evaluation.reference import accuracy, train_reference
     from ..sampling import load
     from ..training import train
 

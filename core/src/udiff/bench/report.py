@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import write_json
+from ..run.files import write_json
 from .ratios import TARGETS
 
 MEASURES = [  # (key, label, unit, lower is better)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UdiffError
-from ..training import prepare_out
+from ..run.files import prepare_out
 from . import report, suite
 from .plugin import make_settings
 

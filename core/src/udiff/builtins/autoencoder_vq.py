@@ -10,21 +10,10 @@ from __future__ import annotations
 
 import torch
 from diffusers import VQModel
-from pydantic import Field
 from torch import nn
 
-from udiff.builtins.autoencoder_kl import LayoutConfig, reconstruction_loss
-from udiff.hookspecs import hookimpl
-
-
-class VQConfig(LayoutConfig):
-    num_vq_embeddings: int = Field(256, ge=2, description="Codebook size.")
-
-    @classmethod
-    def from_diffusers(cls, config: dict) -> dict:
-        if config.get("vq_embed_dim") not in (None, config.get("latent_channels")):
-            raise ValueError("vq_embed_dim differs from latent_channels: not udiff's layout")
-        return cls.layout_of(config) | {"num_vq_embeddings": config.get("num_vq_embeddings", 256)}
+from .autoencoder_kl import reconstruction_loss
+from .autoencoders import VQConfig
 
 
 class VQAutoencoder(nn.Module):
@@ -57,13 +46,6 @@ class VQAutoencoder(nn.Module):
         return rec + commit, {"rec": rec.item(), "commit": commit.item()}
 
 
-PRESETS = {
-    "tiny": {"block_out_channels": [16, 32], "norm_num_groups": 8},
-    "small": {"block_out_channels": [64, 128], "layers_per_block": 2, "norm_num_groups": 32},
-}
 
-
-@hookimpl(trylast=True)
-def register_autoencoders(register):
-    register("vq", VQConfig, lambda config, context: VQAutoencoder(config, context.image_channels),
-             PRESETS, diffusers_class="VQModel", from_diffusers_config=VQConfig.from_diffusers)
+def build(config: VQConfig, context) -> VQAutoencoder:
+    return VQAutoencoder(config, context.image_channels)

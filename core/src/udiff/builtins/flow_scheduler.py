@@ -1,4 +1,4 @@
-"""Built-in ``flow`` scheduler: rectified flow (flow matching), sampled with diffusers'
+"""The ``flow`` scheduler: rectified flow (flow matching), sampled with diffusers'
 ``FlowMatchEulerDiscreteScheduler``.
 
 Training interpolates linearly between data and noise, ``x_t = (1 - s) x0 + s eps`` for a noise
@@ -10,34 +10,16 @@ any backbone trains with either objective.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from pydantic import BaseModel, ConfigDict, Field
 
-from udiff.hookspecs import hookimpl
 from udiff.schedulers import Scheduler
+
+from .schedulers import FlowConfig
 
 # Flux's resolution rule: log-shift linear in the number of 2x2 latent tokens.
 BASE_SEQ, MAX_SEQ, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
-
-
-class FlowConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_train_timesteps: int = Field(1000, ge=2, description="Scale of the timestep the denoiser "
-                                     "sees (t = noise level x this).")
-    timestep_sampling: Literal["logit_normal", "uniform"] = Field(
-        "logit_normal", description="Training noise levels: sigmoid(N(mean, std)) as in SD3, or "
-        "uniform.")
-    logit_mean: float = Field(0.0, description="Mean of the logit-normal.")
-    logit_std: float = Field(1.0, gt=0, description="Standard deviation of the logit-normal.")
-    shift: float = Field(1.0, gt=0, description="Noise-level shift s' = k s / (1 + (k - 1) s); "
-                         "> 1 spends more steps at high noise (SD3 uses 3).")
-    resolution_shift: bool = Field(False, description="Derive the shift from the latent size as "
-                                   "Flux does (exp of 0.5..1.15 over 256..4096 2x2 tokens); "
-                                   "overrides `shift`.")
 
 
 def shift_for(config: FlowConfig, context) -> float:
@@ -84,8 +66,3 @@ class FlowScheduler(Scheduler):
 
 def build(config: FlowConfig, context) -> FlowScheduler:
     return FlowScheduler(config, context)
-
-
-@hookimpl(trylast=True)
-def register_schedulers(register):
-    register("flow", FlowConfig, build, family="flow")

@@ -1,24 +1,13 @@
-"""Built-in ``label`` conditioner: one embedding per label plus a null label for guidance."""
+"""The ``label`` conditioner: one embedding per label plus a null label for guidance."""
 
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from udiff.components import Conditioning
-from udiff.hookspecs import hookimpl
+from udiff.context import Conditioning
 
-
-class LabelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dim: int | None = Field(None, gt=0, description="Embedding width D; None follows the "
-                            "denoiser's cond_dim.")
-    tokens: int = Field(1, ge=1, le=77, description="Tokens L per label for cross-attention.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Probability of replacing a label by the "
-                           "null label while training (classifier-free guidance; the training "
-                           "loop applies it).")
+from .conditioners import LabelConfig
 
 
 class LabelConditioner(nn.Module):
@@ -50,8 +39,3 @@ def build(config: LabelConfig, context) -> LabelConditioner:
     dim = config.dim or context.cond_dim
     return LabelConditioner(context.num_labels, dim, config.tokens, config.dropout,
                             getattr(context, "pooled_dim", 0))
-
-
-@hookimpl(trylast=True)
-def register_conditioners(register):
-    register("label", LabelConfig, build)

@@ -1,4 +1,4 @@
-"""Built-in noise-prediction schedulers ``ddpm``, ``ddim`` and ``dpm++`` (diffusers).
+"""The noise-prediction schedulers ``ddpm``, ``ddim`` and ``dpm++`` (diffusers).
 
 All three share one training side (DDPM forward process; epsilon, v or sample target; optional
 min-SNR-gamma weighting); they differ only in how they sample, so a run trained with any of them can
@@ -7,28 +7,12 @@ be sampled with any other.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from pydantic import BaseModel, ConfigDict, Field
 
-from udiff.hookspecs import hookimpl
 from udiff.schedulers import Scheduler
 
-
-class NoiseScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_train_timesteps: int = Field(1000, ge=2, description="Diffusion steps of the forward process.")
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
-        "linear", description="Noise schedule (DDPM's linear by default).")
-    beta_start: float = Field(1e-4, gt=0, lt=1, description="First beta of the schedule.")
-    beta_end: float = Field(0.02, gt=0, lt=1, description="Last beta of the schedule.")
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
-        "epsilon", description="What the denoiser predicts: the noise, v (Salimans & Ho) or x0.")
-    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang "
-                                    "et al. 2023; 5 is their choice); None = plain mean.")
+from .schedulers import NoiseScheduleConfig
 
 
 class NoiseScheduler(Scheduler):
@@ -79,9 +63,11 @@ SAMPLERS = {
 }
 
 
-@hookimpl(trylast=True)
-def register_schedulers(register):
-    for name, (cls, kwargs) in SAMPLERS.items():
-        register(name, NoiseScheduleConfig,
-                 lambda config, context, _cls=cls, _kw=kwargs: NoiseScheduler(config, _cls, **_kw),
-                 family="noise")
+
+
+def _factory(name: str):
+    cls, kwargs = SAMPLERS[name]
+    return lambda config, context: NoiseScheduler(config, cls, **kwargs)
+
+
+ddpm, ddim, dpm_pp = (_factory(n) for n in ("ddpm", "ddim", "dpm++"))

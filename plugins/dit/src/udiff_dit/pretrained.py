@@ -12,8 +12,9 @@ import torch
 from udiff.errors import UdiffError
 from udiff.pretrained import NotThisFormat, diffusers_files, read_weights
 
+from .config import SIZES
 from .export import NULL_CLASS
-from .model import SIZES, sincos_pos_embed
+from .model import sincos_pos_embed
 
 HEADS = {hidden: heads for _, hidden, heads in SIZES.values()}  # the paper's widths
 

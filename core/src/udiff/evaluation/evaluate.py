@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets
-from . import plugins
-from .checkpoint import write_json
-from .config import resolve
-from .errors import UdiffError
-from .images import grid
+from .. import data as datasets
+from ..config import resolve
+from ..errors import UdiffError
+from ..images import grid
+from ..plugins import defaults
+from ..run.files import write_json
+from ..run.layout import CONFIG
+from ..sampling import load
 from .quality import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -29,20 +31,8 @@ from .quality import (
     reconstruction,
 )
 from .reference import accuracy, train_reference
-from .sampling import load
 
-# Default sampler per objective family, measured on the demo models: DPM-Solver++ at CFG 6 for
-# noise prediction; Euler for rectified flow, whose velocity guidance collapses diversity at CFG 6
-# (README), so CFG 2.
-SAMPLERS = {"noise": {"scheduler": "dpm++", "guidance": 6.0},
-            "flow": {"scheduler": "flow", "guidance": 2.0}}
 SHOWN = 8  # real and generated images per label in the PNG
-
-
-def sampler_for(pipe, scheduler: str | None, guidance: float | None) -> tuple[str, float]:
-    family = plugins.get("scheduler", pipe.scheduler_name).meta.get("family")
-    default = SAMPLERS.get(family, {"scheduler": pipe.scheduler_name, "guidance": 3.0})
-    return scheduler or default["scheduler"], default["guidance"] if guidance is None else guidance
 
 
 def check_out(out: str | Path) -> Path:
@@ -67,8 +57,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
     weights = inception_weights(inception)
     inception_net = InceptionFeatures(weights) if weights else None  # bad weights fail here
     pipe = load(run_dir)
-    cfg = resolve(Path(run_dir) / "config.toml")
-    sampler, guidance = sampler_for(pipe, scheduler, guidance)
+    cfg = resolve(Path(run_dir) / CONFIG)
+    sampler, guidance = defaults.sampler(pipe.scheduler_name, scheduler, guidance)
     pipe.scheduler(sampler)  # a sampler of another family fails here, before any work
     steps = steps or cfg.sampling.steps
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)

@@ -21,8 +21,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from .errors import UdiffError
-from .pretrained import read_weights
+from ..errors import UdiffError
+from ..pretrained import read_weights
 from .reference import ReferenceClassifier
 
 # torch-fidelity's download name: where torch.hub's cache keeps it after any FID run online.

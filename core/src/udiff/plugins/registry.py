@@ -3,6 +3,8 @@
 Built-ins are ordinary plugins registered first with ``trylast`` hookimpls, so a third-party
 component of the same name wins. Every entry point is loaded, validated and called inside its own
 guard: one broken plugin is recorded with its error and never stops the host (simonw/llm#1280).
+Registration is light: a factory (or reader) given as ``"module:attribute"`` is imported only when
+a component is built, so listing plugins imports no model library.
 """
 
 from __future__ import annotations
@@ -18,18 +20,14 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ValidationError
 
-from . import hookspecs
-from .errors import UdiffError, describe_validation
+from .. import hookspecs
+from ..errors import UdiffError, describe_validation
+from .contract import Meta, is_reference, parse_meta, resolve
 
 ROLES = ("autoencoder", "denoiser", "scheduler", "conditioner")
 HOOKS = {role: f"register_{role}s" for role in ROLES}
-BUILTINS = (
-    "udiff.builtins.autoencoder_kl",
-    "udiff.builtins.autoencoder_vq",
-    "udiff.builtins.noise_schedulers",
-    "udiff.builtins.flow_scheduler",
-    "udiff.builtins.label_conditioner",
-)
+BUILTINS = ("udiff.builtins.autoencoders", "udiff.builtins.schedulers",
+            "udiff.builtins.conditioners")
 ENTRY_POINT_GROUP = "udiff"
 
 
@@ -40,11 +38,11 @@ class Component:
     role: str
     name: str
     config_model: type[BaseModel]
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     presets: dict[str, dict[str, Any]]
     plugin: str
     version: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Meta
 
     def make_config(self, preset: str | None = None, options: dict | None = None) -> BaseModel:
         """Defaults < preset < options, validated; errors name the field."""
@@ -64,13 +62,13 @@ class Component:
 
     def build(self, config: BaseModel, context: Any = None) -> Any:
         try:
-            return self.factory(config, context)
+            return resolve(self.factory)(config, context)
         except UdiffError:
             raise
         except Exception as e:  # a plugin's bug must surface as one line, not a traceback
             raise UdiffError(
                 f"{self.role} {self.name!r} from plugin {self.plugin} failed to build: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             ) from e
 
 
@@ -101,14 +99,12 @@ class Registry:
         blocked = {n.strip() for n in os.environ.get("UDIFF_DISABLE_PLUGINS", "").split(",")}
         for modname in BUILTINS:
             self._add(modname, udiff.__version__, True, lambda m=modname: importlib.import_module(m))
-        for dist in metadata.distributions():
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP:
-                    continue
-                name = dist.metadata["Name"]
-                if name in blocked or ep.name in blocked or name in self.records:
-                    continue
-                self._add(name, dist.version, False, ep.load)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist
+            name = dist.metadata["Name"] if dist else ep.name
+            if name in blocked or ep.name in blocked or name in self.records:
+                continue
+            self._add(name, dist.version if dist else None, False, ep.load)
         for name, obj in extra:
             self._add(name, None, False, lambda o=obj: o)
         self._collect()
@@ -164,8 +160,10 @@ class Registry:
             raise TypeError(f"{role} name must be a non-empty string, got {name!r}")
         if not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
             raise TypeError(f"{role} {name!r}: config model must be a pydantic BaseModel class")
-        if not callable(factory):
-            raise TypeError(f"{role} {name!r}: factory is not callable")
+        if not is_reference(factory):
+            raise TypeError(f"{role} {name!r}: factory must be callable or a 'module:attribute' "
+                            "string")
+        typed = parse_meta(role, name, meta)
         presets = dict(presets or {})
         for pname, values in presets.items():
             try:
@@ -174,7 +172,7 @@ class Registry:
                 raise ValueError(f"{role} {name!r} preset {pname!r}: "
                                  f"{describe_validation('', e)}") from None
         return Component(role, name, config_model, factory, presets, record.name,
-                         record.version or "0", meta)
+                         record.version or "0", typed)
 
     def _accept(self, comp: Component, record: PluginRecord) -> None:
         existing = self.components[comp.role].get(comp.name)
@@ -192,14 +190,26 @@ class Registry:
                 self.components[role].pop(name, None)
 
     # -- lookup ----------------------------------------------------------------------------
-    def get(self, role: str, name: str) -> Component:
+    def broken(self, plugin: str | None = None, component: str | None = None) -> PluginRecord | None:
+        """The failed plugin named ``plugin`` (or whose name contains ``component``), if any."""
+        for r in self.records.values():
+            if r.error and (r.name == plugin or (component and component in r.name)):
+                return r
+        return None
+
+    def get(self, role: str, name: str, plugin: str | None = None) -> Component:
+        """The component ``name``; ``plugin``: the distribution expected to provide it (a saved
+        run records it), for the hint when it is missing."""
         comps = self.components[role]
         if name in comps:
             return comps[name]
-        broken = [r for r in self.records.values() if r.error and name in r.name]
-        hint = ""
+        broken = self.broken(plugin, name)
         if broken:
-            hint = f"; plugin {broken[0].name} is installed but failed to load: {broken[0].error}"
+            raise UdiffError(f"{role} {name!r} is unavailable: plugin {broken.name} is installed "
+                             f"but failed to load: {broken.error}")
+        hint = ""
+        if plugin:
+            hint = f"; it comes from plugin {plugin}, which is not installed: pip install {plugin}"
         elif role == "denoiser":
             hint = f"; to add it: pip install udiff-{name}"
         raise UdiffError(f"unknown {role} {name!r} (available: {', '.join(sorted(comps)) or 'none'})"
@@ -207,39 +217,3 @@ class Registry:
 
     def plugins(self, include_builtins: bool = False) -> list[PluginRecord]:
         return [r for r in self.records.values() if include_builtins or not r.builtin]
-
-
-_registry: Registry | None = None
-_extra: list[tuple[str, Any]] = []
-
-
-def registry() -> Registry:
-    """The process-wide registry, loaded on first use."""
-    global _registry
-    if _registry is None:
-        _registry = Registry().load(_extra)
-    return _registry
-
-
-def register_plugin(plugin: Any, name: str) -> None:
-    """Register a plugin object at run time (tests, notebooks) as if it came from an entry point."""
-    global _registry
-    _extra.append((name, plugin))
-    _registry = None
-
-
-def reset() -> None:
-    global _registry
-    _extra.clear()
-    _registry = None
-
-
-def get(role: str, name: str) -> Component:
-    return registry().get(role, name)
-
-
-def build(role: str, choice, context: Any) -> tuple[Component, BaseModel, Any]:
-    """Build a config choice (``name``, ``preset``, ``options``): (component, config, object)."""
-    comp = get(role, choice.name)
-    config = comp.make_config(choice.preset, choice.options)
-    return comp, config, comp.build(config, context)

@@ -1,14 +1,9 @@
-"""Run directories on disk: safetensors weights beside JSON configs, written atomically.
-
-A component folder holds ``config.json`` (component, plugin distribution and version, udiff
-version, the validated config) and ``model.safetensors``. Nothing is ever unpickled.
-"""
+"""A run's components on disk: per role, ``config.json`` (component, plugin distribution and
+version, udiff version, the validated config) beside safetensors weights. Nothing is unpickled.
+File names: :mod:`udiff.run.layout`."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +11,12 @@ import safetensors.torch
 from pydantic import BaseModel
 from torch import nn
 
-from . import plugins
-from .errors import UdiffError
-from .plugins import Component
-
-RUN_FILE = "run.json"  # written last: its presence marks a complete run
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` into a temp file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make run files private to the trainer
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UdiffError(f"{what}: missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise UdiffError(f"{what}: {path} is not valid JSON ({e})") from None
+from .. import plugins, pretrained
+from ..errors import UdiffError
+from ..plugins import Component
+from ..weights import lora
+from .files import atomic_write, read_json, write_json
+from .layout import ADAPTER, COMPONENT_CONFIG, WEIGHTS
 
 
 def save_component(folder: Path, comp: Component, config: BaseModel, module: nn.Module | None,
@@ -59,25 +24,28 @@ def save_component(folder: Path, comp: Component, config: BaseModel, module: nn.
     import udiff
 
     if module is not None:
-        atomic_write(folder / "model.safetensors",
-                     lambda p: safetensors.torch.save_model(module, str(p)))
-    write_json(folder / "config.json", {
+        atomic_write(folder / WEIGHTS, lambda p: safetensors.torch.save_model(module, str(p)))
+    write_json(folder / COMPONENT_CONFIG, {
         "role": comp.role, "component": comp.name, "plugin": comp.plugin,
         "plugin_version": comp.version, "udiff_version": udiff.__version__,
         "config": config.model_dump(mode="json"), **extra,
     })
 
 
+def save_adapter(denoiser: nn.Module, folder: Path) -> int:
+    """A LoRA run's denoiser weights: the adapter alone; returns its size in bytes."""
+    state = lora.adapter_state(denoiser)
+    atomic_write(folder / ADAPTER, lambda p: safetensors.torch.save_file(state, str(p)))
+    return (folder / ADAPTER).stat().st_size
+
+
 def component_of(folder: Path, role: str) -> tuple[Component, BaseModel, dict]:
     """The installed component a saved folder needs, and its validated config."""
-    meta = read_json(folder / "config.json", f"{role} of run {folder.parent}")
-    name = meta.get("component")
+    meta = read_json(folder / COMPONENT_CONFIG, f"{role} of run {folder.parent}")
     try:
-        comp = plugins.get(role, name)
-    except UdiffError:
-        plugin = meta.get("plugin", "?")
-        raise UdiffError(f"run {folder.parent} needs {role} {name!r} from plugin {plugin}, which "
-                         f"is not installed: pip install {plugin}") from None
+        comp = plugins.get(role, meta.get("component"), plugin=meta.get("plugin", "?"))
+    except UdiffError as e:
+        raise UdiffError(f"run {folder.parent} needs {e}") from None
     return comp, comp.make_config(options=meta.get("config", {})), meta
 
 
@@ -85,18 +53,21 @@ def load_component(folder: Path, role: str, context) -> tuple[nn.Module, dict]:
     comp, config, meta = component_of(folder, role)
     module = comp.build(config, context)
     if meta.get("lora"):  # the base again (checked to be the same), then the adapter
-        from . import lora, pretrained
-
         lora.check_base(meta)
         base = meta["lora"]["base"]["path"]
         read = pretrained.denoiser_state(comp, base, config, context)
         pretrained.load_strict(module, read["state"], Path(base))
         module = lora.add(module, meta["lora"]["rank"], meta["lora"]["alpha"],
                           meta["lora"]["modules"])
-        load_weights(module, folder / lora.ADAPTER_FILE, only=lora.adapter_state(module))
+        load_weights(module, folder / ADAPTER, only=lora.adapter_state(module))
         return module, meta
-    load_weights(module, folder / "model.safetensors")
+    load_weights(module, folder / WEIGHTS)
     return module, meta
+
+
+def loader(folder: Path, role: str):
+    """A maker for :func:`udiff.plugins.assembly.assemble`: ``context -> loaded module``."""
+    return lambda context: load_component(folder, role, context)[0]
 
 
 def load_weights(module: nn.Module, path: Path, only: dict | None = None) -> None:

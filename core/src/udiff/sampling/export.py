@@ -12,25 +12,28 @@ from pathlib import Path
 
 import diffusers
 
-from .checkpoint import component_of, read_json
-from .errors import UdiffError
-from .lora import merged_state
-from .sampling import load
-from .training import prepare_out
+from ..errors import UdiffError
+from ..plugins.contract import AutoencoderExport, DenoiserExport
+from ..run.directory import component_of
+from ..run.files import prepare_out, read_json
+from ..run.layout import COMPONENT_CONFIG
+from ..weights.lora import merged_state
+from .pipeline import load
 
 
 def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None = None,
                      overwrite: bool = False, merge_lora: bool = False) -> Path:
     pipe = load(run_dir)
     name = type(pipe.denoiser).__name__
-    den_meta = read_json(Path(run_dir) / "denoiser" / "config.json", f"run {run_dir}")
+    den_meta = read_json(Path(run_dir) / "denoiser" / COMPONENT_CONFIG, f"run {run_dir}")
     if den_meta.get("lora"):
         if not merge_lora:
             raise UdiffError(f"{run_dir} holds a LoRA adapter: pass --merge-lora to fold it into "
                              "its base for export")
         pipe.denoiser = merged(pipe, den_meta)
-    for part, module in (("denoiser", pipe.denoiser), ("autoencoder", pipe.autoencoder)):
-        if not hasattr(module, "to_diffusers"):
+    for part, module, able in (("denoiser", pipe.denoiser, DenoiserExport),
+                               ("autoencoder", pipe.autoencoder, AutoencoderExport)):
+        if not isinstance(module, able):
             raise UdiffError(f"{part} {type(module).__name__} has no diffusers counterpart; "
                              "export supports backbones that implement to_diffusers()")
     try:

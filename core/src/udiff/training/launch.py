@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from .errors import UdiffError
+from ..errors import UdiffError
 
 OWN_FLAGS = {"--num-processes": 1}  # flag -> values it takes
 

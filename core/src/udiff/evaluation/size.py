@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import plugins
-from .components import Context
-from .config import TrainConfig
+from ..config import TrainConfig
+from ..context import Context
+from ..plugins.assembly import from_choices
 
 
 def count(module: torch.nn.Module) -> int:
@@ -31,15 +31,9 @@ def describe(cfg: TrainConfig, num_labels: int) -> dict:
     size = cfg.data.image_size
     ctx = Context(image_channels=cfg.data.channels or 3, image_size=size, num_labels=num_labels)
 
-    def build(role, choice, context):
-        return plugins.build(role, choice, context)[2]
-
     with torch.device("meta"):
-        ae = build("autoencoder", cfg.autoencoder, ctx)
-        ctx = ctx.replace(latent_channels=ae.latent_channels, latent_size=size // ae.downsample)
-        denoiser = build("denoiser", cfg.denoiser, ctx)
-        ctx = ctx.for_denoiser(denoiser)
-        conditioner = build("conditioner", cfg.conditioner, ctx)
+        stack = from_choices(ctx, cfg.denoiser, cfg.conditioner, autoencoder=cfg.autoencoder)
+        denoiser, conditioner, ctx = stack.denoiser, stack.conditioner, stack.context
         macs = forward_macs(denoiser, conditioner, ctx)
     dp = count(denoiser)
     return {

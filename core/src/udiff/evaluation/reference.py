@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import LabelledImages
+from ..data import LabelledImages
 
 
 class ReferenceClassifier(nn.Module):

@@ -8,12 +8,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import plugins
-from .checkpoint import RUN_FILE, component_of, load_component, read_json
-from .components import Context
-from .errors import UdiffError
-from .images import to_pil
-from .schedulers import Scheduler
+from .. import plugins
+from ..context import Context
+from ..errors import UdiffError
+from ..images import to_pil
+from ..plugins.assembly import assemble
+from ..run.directory import component_of, load_component, loader
+from ..run.files import read_json
+from ..run.layout import RUN_FILE
+from ..schedulers import Scheduler
 
 
 class Pipeline:
@@ -44,14 +47,13 @@ class Pipeline:
             raise UdiffError(f"run directory {run_dir} is incomplete (no {RUN_FILE}: training "
                              "did not finish)")
         run = read_json(run_dir / RUN_FILE, f"run {run_dir}")
-        ctx = Context(**run["context"])
+        ctx = Context(**run["context"])  # holds the latent shape already
         autoencoder, ae_meta = load_component(run_dir / "autoencoder", "autoencoder", ctx)
-        denoiser, _ = load_component(run_dir / "denoiser", "denoiser", ctx)
-        ctx = ctx.for_denoiser(denoiser)
-        conditioner, _ = load_component(run_dir / "conditioner", "conditioner", ctx)
+        stack = assemble(ctx, loader(run_dir / "denoiser", "denoiser"),
+                         loader(run_dir / "conditioner", "conditioner"))
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
-        pipe = cls(autoencoder, denoiser, conditioner, comp.name, sched_cfg, run["labels"],
-                   ae_meta["scaling_factor"], ctx)
+        pipe = cls(autoencoder, stack.denoiser, stack.conditioner, comp.name, sched_cfg,
+                   run["labels"], ae_meta["scaling_factor"], stack.context)
         pipe.run_dir = run_dir
         return pipe.to(device)
 
@@ -69,9 +71,9 @@ class Pipeline:
         """The training scheduler, or another sampler of the same family on the same schedule."""
         trained = plugins.get("scheduler", self.scheduler_name)
         comp = plugins.get("scheduler", name or self.scheduler_name)
-        if comp.meta.get("family") != trained.meta.get("family"):
-            raise UdiffError(f"scheduler {comp.name!r} ({comp.meta.get('family')}) cannot sample "
-                             f"a model trained with {trained.name!r} ({trained.meta.get('family')})")
+        if comp.meta.family != trained.meta.family:
+            raise UdiffError(f"scheduler {comp.name!r} ({comp.meta.family}) cannot sample "
+                             f"a model trained with {trained.name!r} ({trained.meta.family})")
         return comp.build(comp.make_config(options=self.scheduler_config.model_dump()),
                           self.context)
 

@@ -1,6 +1,7 @@
 """LoRA fine-tuning through peft: low-rank adapters on a frozen pretrained denoiser.
 
-A LoRA run saves the adapter alone (``denoiser/adapter.safetensors``, a few MB) and records its
+A LoRA run saves the adapter alone (``denoiser/adapter.safetensors``, a few MB, written by
+:func:`udiff.run.directory.save_adapter`) and records its
 base — the ``--init-from`` path and the SHA-256 of its weights — in ``denoiser/config.json``;
 loading the run reads the base again, checks it is the same, and applies the adapter.
 """
@@ -10,19 +11,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 
-from .errors import UdiffError
-
-ADAPTER_FILE = "adapter.safetensors"
+from ..errors import UdiffError
 
 
 def targets(comp, names: list[str]) -> list[str]:
     """Module-name suffixes to adapt: the backbone's ``lora_targets`` groups ("attention",
     "mlp") expanded, other names taken as given."""
-    groups = comp.meta.get("lora_targets") or {}
+    groups = comp.meta.lora_targets
     out = []
     for name in names:
         if name in groups:
@@ -93,14 +91,6 @@ def fingerprint(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
-
-
-def save(denoiser: nn.Module, folder: Path) -> int:
-    from .checkpoint import atomic_write
-
-    state = adapter_state(denoiser)
-    atomic_write(folder / ADAPTER_FILE, lambda p: safetensors.torch.save_file(state, str(p)))
-    return (folder / ADAPTER_FILE).stat().st_size
 
 
 def check_base(meta: dict) -> None:

@@ -10,7 +10,6 @@ checkpoints only after the new one is complete. Nothing is unpickled.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import random
@@ -24,12 +23,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .errors import UdiffError
-from .sharding import is_sharded, like, load_whole_state, whole, whole_state
+from ..errors import UdiffError
+from ..weights.sharding import is_sharded, like, load_whole_state, whole, whole_state
+from .layout import CHECKPOINTS, MARKER
 
-DIR = "checkpoints"
-MARKER = "COMPLETE"
-LOCK = ".lock"
 STAGES = ("autoencoder", "denoiser")  # in training order
 
 
@@ -108,7 +105,7 @@ class Checkpointer:
     """Writes, finds and loads the checkpoints of one run directory."""
 
     def __init__(self, run_dir: Path, keep: int = 2) -> None:
-        self.root = Path(run_dir) / DIR
+        self.root = Path(run_dir) / CHECKPOINTS
         self.keep = keep
 
     def name(self, stage: str, step: int) -> str:
@@ -209,33 +206,3 @@ class Checkpointer:
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise UdiffError(f"checkpoint {path} cannot be loaded: {str(e).splitlines()[0]}") from None
         return {"state": state, "data": data, "rng": (rng, rng_meta)}
-
-
-class RunLock:
-    """One ``udiff train`` per run directory: an exclusive flock on ``RUN/.lock``."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UdiffError(f"--out {self.path.parent} is in use by another udiff train "
-                             f"(pid {holder}); wait for it or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)  # leave nothing behind in the user's folder
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None

@@ -1,0 +1,7 @@
+"""One module per CLI command. Each holds ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``main(args) -> int``, and imports nothing heavy at module level: ``udiff --help`` builds every
+parser without torch."""
+
+from . import bench, demo, evaluate, export, info, list_plugins, sample, train
+
+COMMANDS = (list_plugins, train, info, sample, evaluate, export, bench, demo)

@@ -1,0 +1,35 @@
+"""``udiff eval``: label accuracy, FID/KID, diversity and autoencoder PSNR/SSIM of a run."""
+
+from __future__ import annotations
+
+import json
+
+from ..plugins.defaults import SAMPLERS
+from .sample import add_sampling
+
+NAME = "eval"
+HELP = "label accuracy, FID/KID, diversity and autoencoder PSNR/SSIM of a run"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_dir", help="a trained run directory")
+    p.add_argument("--per-label", type=int, default=30, help="samples per label (default: 30)")
+    per_family = "; ".join(f"{f}: {d['scheduler']} at CFG {d['guidance']:g}"
+                           for f, d in SAMPLERS.items())
+    add_sampling(p, None, None, per_family)
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="FID Inception weights (torch-fidelity's file); default: torch.hub's "
+                   "cache, else the reference classifier's features")
+    p.add_argument("--out", required=True, metavar="JSON",
+                   help="metrics .json (the PNG is written beside it)")
+
+
+def main(args) -> int:
+    from ..evaluation.evaluate import evaluate_run
+
+    m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.steps, args.scheduler,
+                           args.guidance, args.seed, args.inception_weights)
+    print(json.dumps({k: m[k] for k in ("label_accuracy", "reference_accuracy", "fid", "kid",
+                                        "fid_features", "diversity", "real_diversity")}))
+    print(f"metrics: {args.out}  picture: {args.out[:-5]}.png")
+    return 0

@@ -1,0 +1,25 @@
+"""The names of everything in a run directory, in one place.
+
+    RUN/config.toml                  the resolved run config (written first)
+    RUN/run.json                     written last: its presence marks a complete run
+    RUN/log.jsonl, training.png      training log and its curves
+    RUN/latents.safetensors          stage 2's latent cache (latents, labels)
+    RUN/<role>/config.json           component, plugin, version, validated config
+    RUN/<role>/model.safetensors     its weights (a LoRA denoiser: adapter.safetensors)
+    RUN/checkpoints/<i>-<stage>-<step>/  resumable checkpoints (COMPLETE written last)
+    RUN/validation/step-N.png, RUN/tensorboard/, RUN/.lock
+"""
+
+CONFIG = "config.toml"
+RUN_FILE = "run.json"
+LOG = "log.jsonl"
+CURVES = "training.png"
+LATENTS = "latents.safetensors"
+COMPONENT_CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+ADAPTER = "adapter.safetensors"
+CHECKPOINTS = "checkpoints"
+MARKER = "COMPLETE"
+LOCK = ".lock"
+VALIDATION = "validation"
+TENSORBOARD = "tensorboard"

@@ -1,0 +1,127 @@
+"""Everything a run can be refused for, checked before anything is written: every component and
+its options, optional back-ends, the data, batch sizes, pretrained weights, and one forward of the
+assembled stack on the meta device (a factory that raises or a prediction of the wrong shape is
+one line naming the plugin, not a traceback after stage 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import data as datasets
+from .. import pretrained
+from ..config import TrainConfig
+from ..context import Context
+from ..errors import UdiffError
+from ..plugins import defaults
+from ..plugins.assembly import Part, assemble
+from ..run.directory import component_of, load_component
+from ..run.files import prepare_out
+from ..weights import lora
+from .objective import check_prediction
+from .setup import check_batches, require_attention, require_tracker
+
+
+@dataclass
+class Plan:
+    """What the checks resolved, for the run to use as is."""
+
+    data: datasets.LabelledImages
+    context: Context  # images and labels known; latents not yet
+    autoencoder: Part | None  # to build (None: from another run or pretrained)
+    denoiser: Part  # the config it is built with (an --init-from's own options)
+    conditioner: Part
+    scheduler: Part
+    pretrained_autoencoder: tuple | None = None  # (component, config, module, scaling factor)
+    init: dict[str, Any] | None = None  # --init-from: component, config, module, label_table
+
+
+def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes: int = 1) -> Plan:
+    parts = {role: Part.of(role, getattr(cfg, role))
+             for role in ("autoencoder", "denoiser", "conditioner")}
+    scheduler = Part.of("scheduler", defaults.scheduler_choice(cfg))
+    require_attention(cfg.training.attention)
+    require_tracker(cfg.training.log_with)
+    data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
+    check_batches(cfg.training, processes)
+    ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
+                  num_labels=len(data.label_names))
+    plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler)
+    read_pretrained(cfg, plan)
+    probe(cfg, plan)
+    if out.exists() and not out.is_dir():
+        raise UdiffError(f"--out {out} exists and is not a directory")
+    if not resume:
+        prepare_out(out, overwrite, clear=False)
+    return plan
+
+
+def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
+    """Read --autoencoder-from and --init-from now, so a wrong path, architecture, pickle or
+    shape fails before --out is touched."""
+    ctx = plan.context
+    if cfg.autoencoder.pretrained:
+        plan.pretrained_autoencoder = pretrained.autoencoder(cfg.autoencoder.pretrained, ctx)
+    den = cfg.denoiser
+    if den.lora and not den.init_from:
+        raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
+    if den.lora:
+        lora.require()
+    if not den.init_from:
+        return
+    if plan.pretrained_autoencoder:
+        ae = plan.pretrained_autoencoder[2]
+    elif cfg.autoencoder.from_run:
+        ae, _ = load_component(Path(cfg.autoencoder.from_run) / "autoencoder", "autoencoder", ctx)
+    else:
+        ae = plan.autoencoder.build(ctx)
+    ctx = ctx.with_latents(ae)
+    comp = plan.denoiser.component
+    read = pretrained.denoiser_state(comp, den.init_from, plan.denoiser.config, ctx)
+    plan.denoiser = Part(comp, comp.make_config(options=read["options"]))
+    module = plan.denoiser.build(ctx)
+    pretrained.load_strict(module, read["state"], Path(den.init_from))
+    plan.init = {"module": module, "label_table": read.get("label_table")}
+    if den.lora:
+        lora.targets(comp, den.lora.targets)  # unknown groups fail here
+
+
+def latent_context(cfg: TrainConfig, plan: Plan) -> Context:
+    """The latent shape, from an autoencoder built on the meta device (no weights)."""
+    if plan.pretrained_autoencoder:
+        return plan.context.with_latents(plan.pretrained_autoencoder[2])
+    part = plan.autoencoder
+    if cfg.autoencoder.from_run:
+        comp, config, _ = component_of(Path(cfg.autoencoder.from_run) / "autoencoder",
+                                       "autoencoder")
+        part = Part(comp, config)
+    return plan.context.with_latents(part.build(plan.context))
+
+
+def probe(cfg: TrainConfig, plan: Plan) -> None:
+    """Build the stack and run one batch-2 forward on the meta device (no memory, no compute),
+    falling back to the CPU for a backbone that cannot run on meta."""
+    comp = plan.denoiser.component
+    name = f"denoiser {comp.name!r} from plugin {comp.plugin}"
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                stack = assemble(latent_context(cfg, plan), plan.denoiser.build,
+                                 plan.conditioner.build)
+                c, s = stack.context.latent_channels, stack.context.latent_size
+                x = torch.zeros(2, c, s, s)
+                labels = torch.zeros(2, dtype=torch.long)
+                out = stack.denoiser(x, torch.zeros(2, dtype=torch.long),
+                                     stack.conditioner(labels))
+        except Exception as e:
+            if device == "meta":
+                continue  # e.g. .item() on a meta tensor: try for real
+            if isinstance(e, UdiffError):
+                raise
+            raise UdiffError(f"{name}: forward raised {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        check_prediction(out, x, name)
+        return

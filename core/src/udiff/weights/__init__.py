@@ -1,0 +1,1 @@
+"""Weights as tensors, whatever the role: LoRA adapters (peft) and FSDP shards."""
