@@ -4,6 +4,7 @@ case, its suite runs from the installed package and its report reads the suite's
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -70,6 +71,54 @@ def test_suite_runs_from_the_package_and_report_reads_it(tmp_path):
     assert "| train step |" in md and "×1.00" in md and "| dit | flux |" in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert rat["targets"] == {} and "train_overhead" not in rat
+
+
+def run_suite(tmp_path, *args, env=None) -> subprocess.CompletedProcess:
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\n")
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(tmp_path), "-q",
+         "-p", "udiff.bench.plugin", "-p", "no:cacheprovider", "--pyargs", "udiff.bench.suite",
+         "--benchmark-json", str(tmp_path / "bench.json"), *args],
+        capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_a_ratio_whose_extra_is_missing_is_skipped_with_its_reason(tmp_path):
+    """The README's install has no extras: peft missing must not fail the bench."""
+    hide = tmp_path / "no-extras" / "peft"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('no peft: an install without extras')\n")
+    env = dict(os.environ, PYTHONPATH=f"{hide.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = run_suite(tmp_path, "-k", "ratio and lora", "--udiff-quick", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "udiff bench: [1/1] test_ratio[lora] passed" in proc.stdout
+    rat = report.write(tmp_path / "bench.json", tmp_path)
+    assert "lora_memory_ratio" not in rat
+    assert "pip install 'udiff-core[lora]'" in rat["skipped"]["lora"]
+    assert "| `lora` | skipped: LoRA needs the extra" in (tmp_path / "report.md").read_text()
+
+
+def test_ratios_run_on_the_built_ins_whatever_backbones_are_compared():
+    from udiff.bench.plugin import make_settings
+
+    plugins.register_plugin(_slow_backbone(), "udiff-slow")
+    s = make_settings("slow,unet", quick=True)
+    assert s.backbones == ["slow", "unet"] and "slow" not in s.reference
+    assert s.ratio_case().backbone == "unet" and s.checkpointing_case().backbone in s.reference
+    assert s.gap_backbone() in s.reference
+    assert {c.backbone for c in s.cases()} == {"slow", "unet"}
+
+
+def _slow_backbone():
+    from udiff import hookimpl
+    from udiff_unet import PRESETS, UNetConfig
+
+    class Plugin:
+        @hookimpl
+        def register_denoisers(self, register):
+            register("slow", UNetConfig, "udiff_unet.model:UNetDenoiser.from_config", PRESETS)
+
+    return Plugin()
 
 
 def test_report_marks_missed_targets(tmp_path):

@@ -5,15 +5,9 @@ CLI answers ``--help`` and ``plugins`` without loading a model library. ``load``
 are imported on first use.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("udiff-core")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0"
-
-from .context import Conditioning, Context  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
+from .context import Conditioning, Context
+from .hookspecs import hookimpl
+from .version import __version__
 
 __all__ = ["Conditioning", "Context", "Pipeline", "__version__", "hookimpl", "load"]
 

@@ -13,7 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UdiffError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 MAX_PIXELS = 64_000_000  # decode bound: refuse decompression bombs instead of exhausting memory
 
 
@@ -71,6 +70,13 @@ def load_digits(image_size: int) -> LabelledImages:
                           [str(n) for n in d.target_names])
 
 
+def extensions() -> set[str]:
+    """Every file extension Pillow registers a decoder for (PNG, JPEG, WebP, BMP, PGM/PPM, TIFF,
+    GIF, ...): what it cannot decode is still refused in one line when read."""
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
     if not root.exists():
         raise UdiffError(f"--data {root}: no such folder (or use --data digits)")
@@ -80,8 +86,9 @@ def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
     if not folders:
         raise UdiffError(f"--data {root}: no label sub-folders (expected one folder per label)")
     images, labels, names = [], [], []
+    known = extensions()
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in known)
         if not files:
             # Refusing would make one stray folder block a run; skip it, loudly.
             warnings.warn(f"label folder {folder} holds no images; skipped", stacklevel=2)
@@ -91,8 +98,8 @@ def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
             labels.append(len(names))
         names.append(folder.name)
     if not names:
-        raise UdiffError(f"--data {root}: no images ({', '.join(sorted(EXTENSIONS))}) in any "
-                         "label folder")
+        raise UdiffError(f"--data {root}: no images in any label folder (any format Pillow "
+                         "reads: .png, .jpg, .webp, .bmp, .pgm, .ppm, .tif, .gif, ...)")
     return LabelledImages(torch.stack(images), torch.tensor(labels), names)
 
 

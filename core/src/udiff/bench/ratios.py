@@ -13,6 +13,7 @@ import torch
 from .. import plugins
 from ..config import resolve
 from ..context import Context
+from ..weights import lora
 from .cases import BareTraining, Case, bare_sample, batch, noise_and_labels, pipeline, training, udiff_sample
 from .memory import peak_mb
 
@@ -92,6 +93,7 @@ def checkpointing(case: Case, pairs: int) -> dict:
 def lora_memory(case: Case, pairs: int, rank: int = 8) -> dict:
     """Peak training memory of LoRA (rank 8 on the attention projections, base frozen) ÷ full
     fine-tuning of the same preset and batch."""
+    lora.require()  # without the extra: skipped with this reason (before any probe runs)
     adapted = Case(**{**case.as_dict(), "lora_rank": rank})
     mem_lora, mem_full = peak_mb(adapted, ("train",))["train"], peak_mb(case, ("train",))["train"]
     trained = training(adapted)

@@ -42,6 +42,8 @@ def rows(bench: dict) -> dict[str, dict]:
 def ratios(bench: dict) -> dict:
     found = {b["extra_info"]["key"]: b["extra_info"] for b in bench["benchmarks"]
              if b["extra_info"].get("kind") == "ratio"}
+    skipped = {k: v["skipped"] for k, v in found.items() if "skipped" in v}
+    found = {k: v for k, v in found.items() if k not in skipped}
     out: dict = {}
     if "train_overhead" in found:
         out["train_overhead"] = found["train_overhead"]["ratio"]
@@ -62,6 +64,7 @@ def ratios(bench: dict) -> dict:
     out["targets"] = {k: {"target": f"{op} {v}", "met": _met(out.get(k), op, v)}
                       for k, (op, v) in TARGETS.items() if k in out}
     out["details"] = found
+    out["skipped"] = skipped
     return out
 
 
@@ -102,11 +105,13 @@ def markdown(table: dict[str, dict], rat: dict, machine: str) -> str:
     lines += [f"Memory: {method}.", "", "## Ratios (median of paired A/B runs)", "",
               "| ratio | value | target | met |", "| --- | --- | --- | --- |"]
     for key, value in rat.items():
-        if key in ("targets", "details"):
+        if key in ("targets", "details", "skipped"):
             continue
         t = rat["targets"].get(key, {"target": "reported", "met": None})
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
         lines.append(f"| `{key}` | {value:.3f} | {t['target']} | {met} |")
+    for key, reason in rat.get("skipped", {}).items():
+        lines.append(f"| `{key}` | skipped: {reason} | – | – |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from .registry import BUILTINS, ENTRY_POINT_GROUP, HOOKS, ROLES, Component, PluginRecord, Registry
 
 __all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "HOOKS", "ROLES", "Component", "PluginRecord",
-           "Registry", "build", "get", "register_plugin", "registry", "reset"]
+           "Registry", "get", "register_plugin", "registry", "reset"]
 
 _registry: Registry | None = None
 _extra: list[tuple[str, Any]] = []
@@ -43,9 +41,3 @@ def reset() -> None:
 def get(role: str, name: str, plugin: str | None = None) -> Component:
     return registry().get(role, name, plugin)
 
-
-def build(role: str, choice, context: Any) -> tuple[Component, BaseModel, Any]:
-    """Build a config choice (``name``, ``preset``, ``options``): (component, config, object)."""
-    comp = get(role, choice.name)
-    config = comp.make_config(choice.preset, choice.options)
-    return comp, config, comp.build(config, context)

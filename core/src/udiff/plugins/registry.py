@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import hookspecs
 from ..errors import UdiffError, describe_validation
+from ..version import __version__
 from .contract import Meta, is_reference, parse_meta, resolve
 
 ROLES = ("autoencoder", "denoiser", "scheduler", "conditioner")
@@ -94,11 +95,9 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, extra: list[tuple[str, Any]] = ()) -> Registry:
-        import udiff
-
         blocked = {n.strip() for n in os.environ.get("UDIFF_DISABLE_PLUGINS", "").split(",")}
         for modname in BUILTINS:
-            self._add(modname, udiff.__version__, True, lambda m=modname: importlib.import_module(m))
+            self._add(modname, __version__, True, lambda m=modname: importlib.import_module(m))
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist
             name = dist.metadata["Name"] if dist else ep.name

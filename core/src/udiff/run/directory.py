@@ -14,6 +14,7 @@ from torch import nn
 from .. import plugins, pretrained
 from ..errors import UdiffError
 from ..plugins import Component
+from ..version import __version__
 from ..weights import lora
 from .files import atomic_write, read_json, write_json
 from .layout import ADAPTER, COMPONENT_CONFIG, WEIGHTS
@@ -21,13 +22,11 @@ from .layout import ADAPTER, COMPONENT_CONFIG, WEIGHTS
 
 def save_component(folder: Path, comp: Component, config: BaseModel, module: nn.Module | None,
                    **extra: Any) -> None:
-    import udiff
-
     if module is not None:
         atomic_write(folder / WEIGHTS, lambda p: safetensors.torch.save_model(module, str(p)))
     write_json(folder / COMPONENT_CONFIG, {
         "role": comp.role, "component": comp.name, "plugin": comp.plugin,
-        "plugin_version": comp.version, "udiff_version": udiff.__version__,
+        "plugin_version": comp.version, "udiff_version": __version__,
         "config": config.model_dump(mode="json"), **extra,
     })
 
@@ -45,7 +44,7 @@ def component_of(folder: Path, role: str) -> tuple[Component, BaseModel, dict]:
     try:
         comp = plugins.get(role, meta.get("component"), plugin=meta.get("plugin", "?"))
     except UdiffError as e:
-        raise UdiffError(f"run {folder.parent} needs {e}") from None
+        raise UdiffError(f"run {folder.parent}: {e}") from None
     return comp, comp.make_config(options=meta.get("config", {})), meta
 
 

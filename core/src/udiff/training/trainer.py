@@ -15,8 +15,6 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-import udiff
-
 from ..config import TrainConfig, to_toml
 from ..evaluation.curves import training_curves
 from ..plugins.assembly import assemble
@@ -26,6 +24,7 @@ from ..run.files import atomic_write, write_json
 from ..run.layout import ADAPTER, CONFIG, CURVES, LOG, RUN_FILE
 from ..run.lock import RunLock
 from ..sampling import Pipeline
+from ..version import __version__
 from ..weights import lora, sharding
 from . import preflight, stages
 from .checkpointing import Checkpointing
@@ -142,7 +141,7 @@ class Trainer:
                        conditioner, labels=plan.data.label_names)
         save_component(out / "scheduler", plan.scheduler.component, plan.scheduler.config, None)
         write_json(out / RUN_FILE, {
-            "udiff_version": udiff.__version__, "labels": plan.data.label_names,
+            "udiff_version": __version__, "labels": plan.data.label_names,
             "context": stack.context.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
             "wall_seconds": seconds, "autoencoder": self.reconstruction,
             "processes": self.accelerator.num_processes,

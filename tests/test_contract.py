@@ -1,0 +1,181 @@
+"""The typed plugin contract and what the host checks of a third-party backbone: registration
+keys, the prediction's shape, factories and forwards that raise, a run whose plugin broke, a
+backbone that does not learn."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from udiff import plugins
+from udiff.testing import check_denoiser
+
+DOC = Path(__file__).parents[1] / "docs" / "writing-a-backbone.md"
+CONVNET = re.search(r"<!-- backbone:start -->\s*```python\n(.*?)```", DOC.read_text(), re.S)[1]
+
+
+def variant(name: str, *edits: tuple[str, str]) -> str:
+    """The docs' convnet registered as ``name``, with ``(old, new)`` source edits."""
+    source = CONVNET.replace('register("convnet"', f'register("{name}"')
+    for old, new in edits:
+        assert old in source, old
+        source = source.replace(old, new)
+    return source
+
+
+def listing(cli) -> dict:
+    code, out, _ = cli("plugins", "--json")
+    assert code == 0
+    return {p["name"]: p for p in json.loads(out)}
+
+
+REGISTER = '''
+from pydantic import BaseModel
+from udiff import hookimpl
+
+class C(BaseModel):
+    pass
+
+@hookimpl
+def register_{role}s(register):
+    register("thing", C, lambda c, ctx: None, {key})
+'''
+
+
+@pytest.mark.parametrize("role, key, message", [
+    ("denoiser", "default_schedular='flow'",
+     "unknown registration key 'default_schedular' (did you mean 'default_scheduler'?)"),
+    ("scheduler", "famliy='flow'", "unknown registration key 'famliy' (did you mean 'family'?)"),
+    ("scheduler", "family='diffusion'", "family: Input should be 'noise' or 'flow'"),
+    ("denoiser", "init_formats={'x': 42}", "init_formats needs callables or 'module:attribute'"),
+    ("denoiser", "lora_targets=['to_q']", "lora_targets: Input should be a valid dictionary"),
+    ("conditioner", "dropout=0.1", "unknown registration key 'dropout'"),
+])
+def test_mistyped_registration_is_a_listed_error(cli, install_plugin, role, key, message):
+    install_plugin("udiff-typo", "udiff_typo", REGISTER.format(role=role, key=key))
+    found = listing(cli)
+    assert message in found["udiff-typo"]["error"], found["udiff-typo"]["error"]
+    assert found["udiff-typo"]["provides"] == {} and found["udiff-unet"]["error"] is None
+
+
+def test_lazy_factory_reference_that_does_not_import_is_one_line(cli, install_plugin, tmp_path):
+    install_plugin("udiff-lazy", "udiff_lazy", REGISTER.format(
+        role="denoiser", key="").replace("lambda c, ctx: None", "'udiff_nowhere.model:Net'"))
+    assert listing(cli)["udiff-lazy"]["provides"] == {"denoiser": ["thing"]}
+    line = cli.fails("info", "--backbone", "thing", match="failed to build")
+    assert "No module named 'udiff_nowhere'" in line
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("croppy", ("        return self.out(h)", "        return self.out(h)[:, :, 1:]"),
+     "forward returned a prediction of shape [2, 4, 7, 8]; expected [2, 4, 8, 8]"),
+    ("raisy", ("        h = self.inp(x)", "        raise RuntimeError('kaboom in forward')"),
+     "forward raised RuntimeError: kaboom in forward"),
+    ("brokenfactory", ("        super().__init__()", "        raise ValueError('no such width')"),
+     "failed to build: ValueError: no such width"),
+])
+def test_backbone_bugs_are_one_line_before_anything_is_written(cli, install_plugin, tmp_path,
+                                                               name, edit, message):
+    install_plugin(f"udiff-{name}", f"udiff_{name}", variant(name, edit))
+    out = tmp_path / "run"
+    line = cli.fails("train", "--data", "digits", "--backbone", name, *TINY, "--out", out,
+                     match=message)
+    assert f"udiff-{name}" in line
+    assert not out.exists()
+
+
+def test_sampling_a_run_whose_plugin_broke_names_the_load_error(cli, install_plugin, tmp_path):
+    site = install_plugin("udiff-convnet", "udiff_convnet", CONVNET)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--data", "digits", "--backbone", "convnet", *TINY, "--out", run)
+    assert code == 0, err
+    (site / "udiff_convnet.py").write_text("raise ImportError('broken on purpose')\n")
+    import sys
+
+    sys.modules.pop("udiff_convnet", None)
+    plugins.reset()
+    assert "udiff-convnet" in listing(cli) and "broken on purpose" in listing(cli)[
+        "udiff-convnet"]["error"]  # loaded (and warned about) once; sampling then says why
+    line = cli.fails("sample", run, "--out", tmp_path / "g.png", match="failed to load")
+    assert "udiff-convnet" in line and "broken on purpose" in line and "not installed" not in line
+
+
+def test_conformance_fails_a_backbone_that_does_not_learn(install_plugin):
+    bad = "        nn.init.normal_(self.out.weight, std=0.5)  # left at a random init\n"
+    install_plugin("udiff-badinit", "udiff_badinit", variant(
+        "badinit", ("        self.blocks = nn.ModuleList(Block(w) for _ in range(config.depth))\n",
+                    "        self.blocks = nn.ModuleList(Block(w) for _ in range(config.depth))\n"
+                    + bad)))
+    with pytest.raises(AssertionError, match="did not learn a small fixed denoising task"):
+        check_denoiser("badinit")
+
+
+def test_pillow_formats_are_data(tmp_path):
+    from PIL import Image
+
+    from udiff.data import load_folder
+
+    for i, ext in enumerate((".pgm", ".ppm", ".tif", ".gif", ".png")):
+        folder = tmp_path / f"label{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.new("L" if ext == ".pgm" else "RGB", (12, 10), 40 * i).save(folder / f"im{ext}")
+    (tmp_path / "label0" / "notes.txt").write_text("not an image")
+    data = load_folder(tmp_path, 8, 3)
+    assert len(data) == 5 and data.label_names == ["label0", "label1"]
+    assert tuple(data.images.shape) == (5, 3, 8, 8)
+
+
+def test_pillow_extension_that_does_not_decode_is_one_line(cli, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.tif").write_bytes(b"II*\x00garbage")
+    cli.fails("train", "--data", tmp_path, "--out", tmp_path / "r", match="cannot read image")
+
+
+# The flags every command had before the CLI was generated from the config (udiff 0.1, stop 13).
+FLAGS = {
+    "plugins": "--all --json",
+    "train": "--data --backbone --preset --scheduler --config --image-size --autoencoder-preset "
+             "--max-steps --autoencoder-steps --autoencoder --autoencoder-from --init-from "
+             "--lora-rank --lora-targets --batch-size --lr --mixed-precision "
+             "--gradient-checkpointing --compile --attention --device --seed --out --overwrite "
+             "--resume --checkpoint-every --keep-checkpoints --max-nonfinite --validate-every "
+             "--log-with --num-processes --fsdp",
+    "info": "--backbone --preset --scheduler --config --image-size --autoencoder-preset --labels "
+            "--json",
+    "sample": "run_dir --labels --per-label --steps --scheduler --guidance --seed --device "
+              "--compile --out",
+    "eval": "run_dir --per-label --steps --scheduler --guidance --seed --inception-weights --out",
+    "export": "run_dir --format --scheduler --merge-lora --out --overwrite",
+    "bench": "--backbones --preset --batches --quick --device --out --overwrite",
+    "demo": "--backbone --preset --seed --out --overwrite",
+}
+
+
+def test_every_command_keeps_its_flags_and_each_has_help():
+    import argparse
+
+    from udiff.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(FLAGS)
+    for name, parser in sub.choices.items():
+        actions = [a for a in parser._actions if a.dest != "help"]
+        assert {a.option_strings[0] if a.option_strings else a.dest for a in actions} == set(
+            FLAGS[name].split()), name
+        assert [a.dest for a in actions if not a.help] == [], name
+
+
+def test_flag_help_and_defaults_come_from_the_config():
+    from udiff.cli import build_parser
+    from udiff.config import TrainingConfig
+
+    text = textwrap.dedent(build_parser()._subparsers._group_actions[0].choices["train"]
+                           .format_help())
+    field = TrainingConfig.model_fields["max_nonfinite"]
+    assert " ".join(field.description.rstrip(".").split()) in " ".join(text.split())
+    assert f"(default: {field.default})" in " ".join(text.split())
