@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UdiffError
 from ..weights.sharding import is_sharded, like, load_whole_state, whole, whole_state
-from .layout import CHECKPOINTS, MARKER
+from .layout import CHECKPOINT_STATE, CHECKPOINTS, MARKER
 
 STAGES = ("autoencoder", "denoiser")  # in training order
 
@@ -131,7 +131,7 @@ class Checkpointer:
                     safetensors.torch.save_file(tensors, str(tmp / f"{key}.safetensors"))
                 if meta is not None:
                     (tmp / f"{key}.json").write_text(json.dumps(meta))
-            (tmp / "state.json").write_text(json.dumps({
+            (tmp / CHECKPOINT_STATE).write_text(json.dumps({
                 "stage": stage, "step": step, "lr_scheduler": lr_scheduler.state_dict(),
                 **(extra or {})}))
             for f in tmp.iterdir():
@@ -176,7 +176,7 @@ class Checkpointer:
 
     @staticmethod
     def state(path: Path) -> dict:
-        return json.loads((path / "state.json").read_text())
+        return json.loads((path / CHECKPOINT_STATE).read_text())
 
     @staticmethod
     def load(path: Path, modules: dict[str, nn.Module], optimizer, lr_scheduler,
@@ -192,7 +192,7 @@ class Checkpointer:
             opt_t = safetensors.torch.load_file(str(path / "optimizer.safetensors")) if (
                 path / "optimizer.safetensors").exists() else {}
             set_optimizer_state(optimizer, opt_t, json.loads((path / "optimizer.json").read_text()))
-            state = json.loads((path / "state.json").read_text())
+            state = json.loads((path / CHECKPOINT_STATE).read_text())
             lr_scheduler.load_state_dict(state["lr_scheduler"])
             if ema is not None:
                 shadow = safetensors.torch.load_file(str(path / "ema.safetensors"))

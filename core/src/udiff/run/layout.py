@@ -20,6 +20,7 @@ WEIGHTS = "model.safetensors"
 ADAPTER = "adapter.safetensors"
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
+CHECKPOINT_STATE = "state.json"  # stage, step, LR schedule (beside the tensors of each file)
 LOCK = ".lock"
 VALIDATION = "validation"
 TENSORBOARD = "tensorboard"
