@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel, VQModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import udiff
 from udiff import Context, plugins
@@ -173,6 +173,15 @@ def test_lora_trains_saves_samples_and_merges(cli, tmp_path, tiny_run):
     ours = base_state(pipe.denoiser)
     assert all(torch.equal(ours[f"unet.{k}"], v) for k, v in source.items())
 
+    # Only the adapters and the conditioner trained: counted from the optimizer, in run.json.
+    run = json.loads((out / "run.json").read_text())
+    adapter_numel = sum(t.numel() for t in load_file(str(adapter)).values())
+    conditioner_numel = sum(t.numel() for t in load_file(
+        str(out / "conditioner" / "model.safetensors")).values())
+    assert run["parameters"]["trainable"] == adapter_numel + conditioner_numel
+    assert run["parameters"]["total"] == sum(p.numel() for p in params.values()) + \
+        conditioner_numel
+
     with_adapter, _ = pipe.sample_tensor([0, 1], per_label=2, steps=5)
     for n, p in params.items():
         if "lora_B" in n:
@@ -191,6 +200,30 @@ def test_lora_trains_saves_samples_and_merges(cli, tmp_path, tiny_run):
         want = fresh.denoiser(x, t, cond)
         got = merged(x, t, encoder_hidden_states=cond.tokens, class_labels=cond.pooled).sample
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+    # The adapter means something only on its base: a changed base is refused.
+    weights_file = base / "diffusion_pytorch_model.safetensors"
+    changed = load_file(str(weights_file))
+    first = next(iter(changed))
+    changed[first] = changed[first] + 1e-3
+    save_file(changed, str(weights_file))
+    cli.fails("sample", out, "--out", tmp_path / "g.png", match="changed since this run's LoRA")
+
+
+def test_lora_adapters_start_exactly_at_the_base():
+    import copy
+
+    from udiff.weights import lora
+
+    comp = plugins.get("denoiser", "unet")
+    base = comp.build(comp.make_config("tiny"), Context(latent_channels=4, latent_size=8)).eval()
+    adapted = lora.add(copy.deepcopy(base), 4, None, lora.targets(comp, ["attention"])).eval()
+    b_weights = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+    assert b_weights and all(p.requires_grad for p in b_weights)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    cond = udiff.Conditioning(torch.randn(2, 1, 64), torch.randn(2, 64))
+    with torch.no_grad():
+        assert torch.equal(adapted(x, t, cond), base(x, t, cond))
 
 
 class Payload:  # a pickle of this needs a global: refused by weights_only=True

@@ -99,6 +99,82 @@ def test_killed_and_resumed_run_equals_uninterrupted(reference, tmp_path):
     assert worst <= 1e-6, worst
 
 
+def wait_for_checkpoint(out: Path, stage: str, proc: subprocess.Popen) -> None:
+    """Until ``out`` holds a complete checkpoint of ``stage`` (the run is then mid-stage)."""
+    deadline = time.time() + 300
+    while not any(p.name.split("-")[1] == stage for p in Checkpointer(out).complete()):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint came"
+        time.sleep(0.01)
+
+
+def finish_and_compare(out: Path, reference: Path) -> str:
+    proc = train_proc(out, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    ours, ref = weights(out), weights(reference)
+    assert ours.keys() == ref.keys()
+    assert max((ours[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
+    return err
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_stage_2_saves_exits_130_and_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = train_proc(out)
+    wait_for_checkpoint(out, "denoiser", proc)  # step 3 of 60: far from the end
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-800:])
+    assert "interrupted: checkpoint denoiser step" in err and "continue with --resume" in err
+    assert not (out / "run.json").exists() and not (out / ".lock").exists()
+    saved = Checkpointer(out).latest(warn=False)  # the step it was in, saved on the way out
+    step = Checkpointer.state(saved)["step"]
+    assert saved.name.split("-")[1] == "denoiser" and f"checkpoint denoiser step {step} saved" in err
+    assert f"continuing from {saved.name}" in finish_and_compare(out, reference)
+
+
+@pytest.mark.slow
+def test_kill_in_stage_1_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = train_proc(out)
+    wait_for_checkpoint(out, "autoencoder", proc)  # step 3 of 30
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert {p.name.split("-")[1] for p in Checkpointer(out).complete()} == {"autoencoder"}
+    assert not (out / "autoencoder").exists()  # stage 1 had not ended
+    assert "continuing from 0-autoencoder-" in finish_and_compare(out, reference)
+
+
+KILL_IN_FSYNC = """
+import os, signal, sys
+import udiff.run.checkpoints as checkpoints
+real, calls = checkpoints._fsync, [0]
+def fsync(path):  # killed by the 25th fsync: inside the third checkpoint's write
+    calls[0] += 1
+    if calls[0] == 25:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path)
+checkpoints._fsync = fsync
+from udiff.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_FSYNC, "train", *ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    torn = list((out / "checkpoints").glob(".tmp-*"))
+    assert len(torn) == 1 and not (torn[0] / MARKER).exists()  # killed mid-write
+    done = Checkpointer(out).complete()
+    assert [p.name for p in done] == ["0-autoencoder-000000003", "0-autoencoder-000000006"]
+    assert_checkpoints_load(out)
+    finish_and_compare(out, reference)
+    assert not list((out / "checkpoints").glob(".tmp-*"))  # the torn write is cleaned up
+
+
 def test_incomplete_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
     import shutil
 
@@ -189,3 +265,22 @@ def test_nonfinite_losses_are_skipped_counted_and_bounded(cli, tmp_path, monkeyp
                          match="5 consecutive non-finite losses")
     assert "at step 10" in line  # steps 1-10 completed; calls 3 and 4 were skipped
     assert Checkpointer(out).latest(warn=False).name == "1-denoiser-000000008"
+
+
+def test_skipped_nonfinite_steps_are_counted_in_the_log(cli, tmp_path, monkeypatch):
+    import udiff.training.objective
+
+    real, calls = udiff.training.objective.objective_loss, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] in (3, 4, 7) else 1.0)
+
+    monkeypatch.setattr(udiff.training.objective, "objective_loss", flaky)
+    out = tmp_path / "run"
+    code, _, err = cli("train", *BASE, "--autoencoder-steps", "2", "--max-steps", "10",
+                       "--out", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["stage"] == "denoiser"][-1]
+    assert (last["step"], last["skipped_nonfinite"]) == (10, 3) and calls["n"] == 13

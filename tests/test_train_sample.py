@@ -105,7 +105,8 @@ def test_info_sd15_on_meta_device(cli):
     code, out, _ = cli("info", "--backbone", "unet", "--preset", "sd15", "--json")
     info = json.loads(out)
     assert code == 0 and info["denoiser_params"] == 859_520_964
-    assert info["params"] > info["denoiser_params"] and info["macs_per_forward"] > 1e10
+    assert info["params"] > info["denoiser_params"]
+    assert round(info["macs_per_forward"] / 1e9, 1) == 88.2  # the README's figure at 256²
 
 
 def test_bf16_and_gradient_checkpointing_flags(cli, tmp_path):

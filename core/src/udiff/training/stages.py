@@ -156,9 +156,9 @@ def encode(device, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def train_denoiser(run, stack, name: str, latents: torch.Tensor, labels: torch.Tensor,
-                   checkpoint: Path | None, validation: Validation | None = None) -> None:
+                   checkpoint: Path | None, validation: Validation | None = None) -> dict:
     """Stage 2: train ``stack``'s denoiser and conditioner in place; they end holding the EMA
-    weights."""
+    weights. Returns the parameters the optimizer trained and all of them (run.json)."""
     cfg, acc, t = run.cfg, run.accelerator, run.cfg.training
     denoiser, conditioner = stack.denoiser, stack.conditioner
     training = DenoiserTraining(acc, denoiser, conditioner, stack.scheduler, t, name)
@@ -189,3 +189,5 @@ def train_denoiser(run, stack, name: str, latents: torch.Tensor, labels: torch.T
                                        training.lr_scheduler, batches, training.ema,
                                        {"nonfinite": training.nonfinite})
     training.finish()
+    return {"trainable": sum(p.numel() for p in training.params),
+            "total": sum(p.numel() for p in training.model.parameters())}

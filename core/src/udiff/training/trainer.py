@@ -40,6 +40,7 @@ class Trainer:
         self.overwrite, self.resume = overwrite, resume
         self.log_path = self.out / LOG
         self.reconstruction: dict | None = None  # stage 1's PSNR/SSIM, for run.json
+        self.parameters: dict | None = None  # stage 2's trainable and total counts, for run.json
         self.accelerator = self.checkpointing = None  # set by run()
 
     # -- services the stages use ------------------------------------------------------------
@@ -118,9 +119,9 @@ class Trainer:
                 plan.scheduler.config, plan.data.label_names, scaling, stack.context,
                 freeze=False))
         comp = plan.denoiser.component
-        stages.train_denoiser(self, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}",
-                              latents, labels, checkpoint if stage == "denoiser" else None,
-                              validation)
+        self.parameters = stages.train_denoiser(
+            self, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", latents, labels,
+            checkpoint if stage == "denoiser" else None, validation)
         denoiser, conditioner = stack.denoiser, stack.conditioner
         if sharding.is_sharded(denoiser):  # whole modules for the main process to save
             denoiser = sharding.plain_copy(
@@ -144,6 +145,7 @@ class Trainer:
             "udiff_version": __version__, "labels": plan.data.label_names,
             "context": stack.context.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
             "wall_seconds": seconds, "autoencoder": self.reconstruction,
+            "parameters": self.parameters,
             "processes": self.accelerator.num_processes,
             "distributed_type": self.accelerator.distributed_type.value,
         })
