@@ -17,12 +17,15 @@ from udiff.bench.cases import (
     BareTraining,
     Case,
     bare_sample,
+    batch,
     noise_and_labels,
     pipeline,
     training,
     udiff_sample,
 )
 from udiff.bench.memory import peak_mb
+from udiff.config import TrainingConfig
+from udiff.training.objective import Draws
 
 
 def backbones() -> list[str]:
@@ -38,9 +41,19 @@ def test_bare_baselines_run_the_same_computation(backbone):
     noise, labels = noise_and_labels(case)
     torch.testing.assert_close(udiff_sample(pipe, case, noise, labels),
                                bare_sample(pipe, case, noise, labels))
-    ours = training(case).model.denoiser.state_dict()
-    bare = BareTraining(case).denoiser.state_dict()
-    assert ours.keys() == bare.keys() and all(torch.equal(ours[k], bare[k]) for k in ours)
+    # Trained, not only built alike: 5 steps (warm-up and EMA warm-up included) from the same
+    # draws end at the same weights and EMA.
+    ours = training(case)
+    bare = BareTraining(case, draws=Draws(TrainingConfig().seed + 4))
+    x0, y = batch(case)
+    for _ in range(5):
+        ours.step(x0, y), bare.step(x0, y)
+    a, b = ours.model.denoiser.state_dict(), bare.denoiser.state_dict()
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    pairs = zip(ours.ema.shadow, bare.ema, strict=True)
+    assert max((p - q).abs().max().item() for p, q in pairs) <= 1e-6
+    assert any(not torch.equal(a[k], training(case).model.denoiser.state_dict()[k]) for k in a)
 
 
 def test_memory_probe_sees_the_batch():
@@ -182,8 +195,44 @@ def test_udiff_bench_quick_end_to_end(tmp_path):
                         "dpm20_vs_ddim50_accuracy_gap", "compile_speedup", "lora_memory_ratio",
                         "lora_trainable_fraction"}
     assert 0 < rat["lora_trainable_fraction"] < 0.2  # adapters only, base frozen
-    # Margins over the targets (report.md holds the targets themselves): the overheads (1.03)
-    # against a busy CI machine, the checkpointing memory ratio (0.6) against the noise of peak
-    # RSS (measured 0.537-0.601 over five runs of the same case).
+    # The bounds CI enforces, and why they differ from the targets (README, "Benchmarks"): the
+    # overheads (target 1.03) are medians of 15 pairs of millisecond steps on a shared 2-core
+    # machine; the checkpointing memory ratio (0.6) is peak RSS, one probe pair of which read
+    # 0.537-0.601 over five runs (now the median of 3 pairs); the solver gap (-0.02) is a
+    # difference of two accuracies over 500 samples.
     assert rat["latent_cache_speedup"] >= 3 and rat["checkpointing_memory_ratio"] <= 0.65
     assert rat["train_overhead"] <= 1.10 and rat["sample_overhead"] <= 1.10
+    assert rat["dpm20_vs_ddim50_accuracy_gap"] >= -0.05
+
+
+def test_strict_bench_exits_2_naming_each_missed_target(cli, tmp_path, monkeypatch):
+    import udiff.bench.run
+
+    rat = {"train_overhead": 1.2, "sample_overhead": 1.0,
+           "targets": {"train_overhead": {"target": "<= 1.03", "met": False},
+                       "sample_overhead": {"target": "<= 1.03", "met": True}}}
+    monkeypatch.setattr(udiff.bench.run, "run", lambda *a, **k: rat)
+    code, out, _ = cli("bench", "--quick", "--out", tmp_path / "b")
+    assert code == 0 and "train_overhead" in out  # reported, not enforced
+    line = cli.fails("bench", "--quick", "--strict", "--out", tmp_path / "b",
+                     match="--strict: 1 target(s) missed: train_overhead 1.200 (target <= 1.03)")
+    assert "sample_overhead" not in line
+
+
+@pytest.mark.acceptance
+def test_gpu_script_rehearses_on_cpu(tmp_path):
+    """The README's CPU rehearsal of benchmarks/gpu.py: the same code path, tiny presets."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tiny",
+                           "--max-batch", "8", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (written,) = tmp_path.glob("gpu-cpu-*.json")
+    report = json.loads(written.read_text())
+    assert report["device"] == "cpu" and report["precision"] == "bf16"
+    assert {r["backbone"] for r in report["results"]} == set(backbones())
+    for r in report["results"]:
+        assert r["params"] > 0 and r["train_b4_s"] > 0 and r["train_b4_peak_mb"] > 0
+        assert r["largest_batch"] == 8 and r["sample_s_per_image"] > 0

@@ -6,6 +6,7 @@ import json
 import tomllib
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -164,3 +165,27 @@ def test_v_prediction_objective(cli, tmp_path):
                           '[scheduler]\nname = "ddpm"\noptions = {prediction_type = "v_prediction"}\n')
     images, _ = udiff.load(out).sample_tensor([2], per_label=2, steps=3, scheduler="dpm++")
     assert torch.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_train_compile_compiles_the_denoiser_and_trains_the_same(cli, tmp_path, monkeypatch):
+    """`udiff train --compile`: torch.compile on the denoiser in place; same weights as eager
+    (within float tolerance: inductor reorders arithmetic)."""
+    import safetensors.torch
+
+    compiled = []
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: (
+        compiled.append(type(self).__name__), real(self, *a, **k))[1])
+    args = ["train", "--data", "digits", "--backbone", "dit", "--preset", "tiny",
+            "--autoencoder-steps", "5", "--max-steps", "4", "--batch-size", "16"]
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        code, _, err = cli(*args, *extra, "--out", tmp_path / name)
+        assert code == 0, err
+        runs[name] = safetensors.torch.load_file(tmp_path / name / "denoiser" / "model.safetensors")
+    assert compiled == ["DiT"]  # the denoiser, once, only with --compile
+    assert tomllib.loads((tmp_path / "compiled" / "config.toml").read_text())["training"]["compile"]
+    assert runs["eager"].keys() == runs["compiled"].keys()
+    worst = max((runs["eager"][k] - runs["compiled"][k]).abs().max().item() for k in runs["eager"])
+    assert worst <= 1e-4, worst

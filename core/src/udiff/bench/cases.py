@@ -21,6 +21,7 @@ from ..evaluation.size import forward_macs
 from ..plugins import defaults
 from ..plugins.assembly import Part, assemble
 from ..sampling import Pipeline
+from ..training.objective import Draws
 from ..training.step import DenoiserTraining
 from ..weights import lora
 
@@ -34,7 +35,8 @@ class Case:
     batch: int
     device: str = "cpu"
     latent_size: int = 8  # latents [4, s, s]: 16x16 images through the demo's 2x autoencoder
-    scheduler: str = "ddpm"  # training objective; sampling uses its family's default sampler
+    scheduler: str = "ddpm"  # training objective
+    sampler: str | None = None  # default: the objective family's (plugins/defaults.py)
     steps: int = 10  # sampling steps per image
     guidance: float = 3.0
     gradient_checkpointing: bool = False
@@ -90,35 +92,45 @@ def training(case: Case, seed: int = 0) -> DenoiserTraining:
 
 
 class BareTraining:
-    """The hand-written baseline: the same modules, batch, objective, AdamW, clipping and EMA as
-    a diffusers training script writes them, with no framework in between."""
+    """The hand-written baseline: the same modules, batch, objective, AdamW with linear warm-up,
+    clipping and EMA (with its warm-up) as a diffusers training script writes them, with no
+    framework in between. ``draws``: take noise, timesteps and label dropout from a
+    :class:`~udiff.training.objective.Draws` (the test proves both loops compute the same
+    steps); by default the global RNG, as a script would."""
 
-    def __init__(self, case: Case, seed: int = 0) -> None:
+    def __init__(self, case: Case, seed: int = 0, draws: Draws | None = None) -> None:
         self.denoiser, self.conditioner, self.scheduler = modules(case, seed)
-        self.params = list(self.denoiser.parameters()) + list(self.conditioner.parameters())
-        t = TrainingConfig()
+        self.params = [p for m in (self.denoiser, self.conditioner) for p in m.parameters()
+                       if p.requires_grad]
+        t = self.config = TrainingConfig()
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.warmup = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
         self.ema = [p.detach().clone() for p in self.params]
+        self.draws, self.steps = draws, 0
 
     def step(self, x0, y) -> float:
-        s = self.scheduler
-        noise = torch.randn_like(x0)
-        t = s.sample_timesteps(len(x0), x0.device)
-        drop = torch.rand(len(y)) < self.conditioner.dropout  # classifier-free guidance
-        y = torch.where(drop, self.conditioner.null(len(y)), y)
+        s, d = self.scheduler, self.draws
+        noise = d.normal(x0, x0.shape[1:]) if d else torch.randn_like(x0)
+        t = d.timesteps(s, x0) if d else s.sample_timesteps(len(x0), x0.device)
+        u = d.uniform(y) if d else torch.rand(len(y))
+        y = torch.where(u < self.conditioner.dropout, self.conditioner.null(len(y)), y)  # CFG
         pred = self.denoiser(s.add_noise(x0, noise, t), t, self.conditioner(y))[:, : x0.shape[1]]
         loss = F.mse_loss(pred, s.target(x0, noise, t))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
+        self.warmup.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        decay = min(self.config.ema_decay, (1 + self.steps) / (10 + self.steps))
         with torch.no_grad():
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1e-3)
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
         return loss.item()
 
 
 def sampler_name(case: Case) -> str:
-    return defaults.sampler(case.scheduler)[0]
+    return defaults.sampler(case.scheduler, case.sampler)[0]
 
 
 def pipeline(case: Case, seed: int = 0) -> Pipeline:

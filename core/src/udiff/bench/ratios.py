@@ -24,6 +24,9 @@ TARGETS = {  # key: (comparison, target); compile_speedup is reported without a 
 }
 
 
+MEMORY_PAIRS = 3
+
+
 def timed(fn: Callable) -> float:
     start = time.perf_counter()
     fn()
@@ -80,13 +83,19 @@ def latent_cache_speedup(case: Case, pairs: int, autoencoder: str = "sd") -> dic
 
 
 def checkpointing(case: Case, pairs: int) -> dict:
-    """Peak training memory and step time with gradient checkpointing ÷ without."""
+    """Peak training memory and step time with gradient checkpointing ÷ without. Peak RSS is
+    noisy (one probe pair read 0.537-0.601 over five runs): the median of ``MEMORY_PAIRS``
+    interleaved probe pairs, each probe a fresh process."""
     on = Case(**{**case.as_dict(), "gradient_checkpointing": True})
-    mem_on, mem_off = peak_mb(on, ("train",))["train"], peak_mb(case, ("train",))["train"]
+    probes = [(peak_mb(on, ("train",))["train"], peak_mb(case, ("train",))["train"])
+              for _ in range(MEMORY_PAIRS)]
+    mem_on, mem_off = (statistics.median(side) for side in zip(*probes, strict=True))
     a, b = training(on), training(case)
     x0, y = batch(case)
     t = paired(lambda: a.step(x0, y), lambda: b.step(x0, y), pairs)
-    return {"memory_ratio": mem_on / mem_off, "time_ratio": t["ratio"], "peak_mb_on": mem_on,
+    ratio = statistics.median(with_ / without for with_, without in probes)
+    return {"memory_ratio": ratio, "time_ratio": t["ratio"],
+            "memory_pairs": MEMORY_PAIRS, "peak_mb_on": mem_on,
             "peak_mb_off": mem_off, "case": case.id, "latent_size": case.latent_size}
 
 

@@ -21,13 +21,20 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for bench.json, report.md/png, ratios.json")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a ratio misses its target "
+                   "(the report is written first)")
 
 
 def main(args) -> int:
-    from ..bench.run import run as bench
+    from ..bench import run as bench
+    from ..errors import UdiffError
 
-    rat = bench(args.out, backbones=args.backbones, preset=args.preset, batches=args.batches,
-                quick=args.quick, device=args.device, overwrite=args.overwrite)
+    rat = bench.run(args.out, backbones=args.backbones, preset=args.preset, batches=args.batches,
+                    quick=args.quick, device=args.device, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in rat.items() if k not in ("details", "targets")}))
     print(f"report: {args.out}/report.md  {args.out}/report.png  {args.out}/ratios.json")
+    missed = [f"{k} {rat[k]:.3f} (target {t['target']})" for k, t in rat["targets"].items()
+              if t["met"] is False]
+    if args.strict and missed:
+        raise UdiffError(f"--strict: {len(missed)} target(s) missed: {'; '.join(missed)}")
     return 0
