@@ -22,6 +22,12 @@ TARGETS = {  # key: (comparison, target); compile_speedup is reported without a 
     "latent_cache_speedup": (">=", 3.0), "checkpointing_memory_ratio": ("<=", 0.6),
     "dpm20_vs_ddim50_accuracy_gap": (">=", -0.02),
 }
+# What `udiff bench --strict` (and so CI) holds a run to, beside each target: the overheads are
+# medians of millisecond steps on a shared 2-core machine; the checkpointing ratio is peak RSS
+# (one probe pair read 0.537-0.601 over five runs of one case); the solver gap is a difference of
+# two accuracies over 500 samples (about +-0.02 of sampling noise at --quick).
+BOUNDS = {"train_overhead": 1.10, "sample_overhead": 1.10, "latent_cache_speedup": 3.0,
+          "checkpointing_memory_ratio": 0.65, "dpm20_vs_ddim50_accuracy_gap": -0.05}
 
 
 MEMORY_PAIRS = 3

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..run.files import write_json
-from .ratios import TARGETS
+from .ratios import BOUNDS, TARGETS
 
 MEASURES = [  # (key, label, unit, lower is better)
     ("params", "parameters", "M", True),
@@ -61,7 +61,9 @@ def ratios(bench: dict) -> dict:
     if "lora" in found:  # reported, no target: the saving depends on the model's size
         out["lora_memory_ratio"] = found["lora"]["memory_ratio"]
         out["lora_trainable_fraction"] = found["lora"]["trainable_fraction"]
-    out["targets"] = {k: {"target": f"{op} {v}", "met": _met(out.get(k), op, v)}
+    out["targets"] = {k: {"target": f"{op} {v}", "met": _met(out.get(k), op, v),
+                          "bound": f"{op} {BOUNDS[k]}",
+                          "within_bound": _met(out.get(k), op, BOUNDS[k])}
                       for k, (op, v) in TARGETS.items() if k in out}
     out["details"] = found
     out["skipped"] = skipped
@@ -103,15 +105,18 @@ def markdown(table: dict[str, dict], rat: dict, machine: str) -> str:
         lines.append("")
     method = next(iter(table.values()))["memory_method"] if table else "n/a"
     lines += [f"Memory: {method}.", "", "## Ratios (median of paired A/B runs)", "",
-              "| ratio | value | target | met |", "| --- | --- | --- | --- |"]
+              "| ratio | value | target | met | bound (`--strict`, CI) | within |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for key, value in rat.items():
         if key in ("targets", "details", "skipped"):
             continue
-        t = rat["targets"].get(key, {"target": "reported", "met": None})
-        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
-        lines.append(f"| `{key}` | {value:.3f} | {t['target']} | {met} |")
+        t = rat["targets"].get(key, {"target": "reported", "met": None, "bound": "–",
+                                     "within_bound": None})
+        yes = {True: "yes", False: "**no**", None: "–"}
+        lines.append(f"| `{key}` | {value:.3f} | {t['target']} | {yes[t['met']]} | {t['bound']} "
+                     f"| {yes[t['within_bound']]} |")
     for key, reason in rat.get("skipped", {}).items():
-        lines.append(f"| `{key}` | skipped: {reason} | – | – |")
+        lines.append(f"| `{key}` | skipped: {reason} | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 
