@@ -49,5 +49,5 @@ class FlowConfig(BaseModel):
 def register_schedulers(register):
     for name, attr in NOISE_SAMPLERS.items():
         register(name, NoiseScheduleConfig, f"udiff.builtins.noise_schedulers:{attr}",
-                 family="noise")
+                 family="noise", stochastic=name == "ddpm")  # DDPM adds noise at each step
     register("flow", FlowConfig, "udiff.builtins.flow_scheduler:build", family="flow")

@@ -62,6 +62,9 @@ class SchedulerMeta(Meta):
     family: Literal["noise", "flow"] = Field("noise", description="The objective family: a run "
                                              "samples with any scheduler of the family it "
                                              "trained with.")
+    stochastic: bool = Field(False, description="The sampler draws noise during its steps (from "
+                             "the request's generator): the server runs it unbatched so that "
+                             "each request's draws stay its own.")
 
 
 class ConditionerMeta(Meta):

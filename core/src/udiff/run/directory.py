@@ -4,6 +4,7 @@ File names: :mod:`udiff.run.layout`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,37 +49,82 @@ def component_of(folder: Path, role: str) -> tuple[Component, BaseModel, dict]:
     return comp, comp.make_config(options=meta.get("config", {})), meta
 
 
-def load_component(folder: Path, role: str, context) -> tuple[nn.Module, dict]:
+class Shared:
+    """Modules that several loaded runs hold once (the server): a LoRA base with an adapter per
+    run, and components whose weight files are byte-identical (e.g. one autoencoder under 31
+    adapters). Keyed by SHA-256 and config; everything shared is frozen, so reuse is safe."""
+
+    def __init__(self) -> None:
+        self.modules: dict[tuple, nn.Module] = {}
+        self.adapters = 0
+
+    def get(self, key: tuple, make) -> nn.Module:
+        if key not in self.modules:
+            self.modules[key] = make()
+        return self.modules[key]
+
+    def adapter_name(self) -> str:
+        self.adapters += 1
+        return f"run{self.adapters}"  # peft adapter names become module keys: no dots
+
+
+def load_component(folder: Path, role: str, context, shared: Shared | None = None,
+                   ) -> tuple[nn.Module, dict]:
+    """The saved component, built and loaded; with ``shared``, a module already loaded with the
+    same weights is reused, and a LoRA run's adapter is added to its base under a new name
+    (``meta["adapter"]``)."""
     comp, config, meta = component_of(folder, role)
-    module = comp.build(config, context)
+    key = (role, comp.name, json.dumps(config.model_dump(mode="json"), sort_keys=True))
     if meta.get("lora"):  # the base again (checked to be the same), then the adapter
         lora.check_base(meta)
         base = meta["lora"]["base"]["path"]
-        read = pretrained.denoiser_state(comp, base, config, context)
-        pretrained.load_strict(module, read["state"], Path(base))
+
+        def make_base():
+            module = comp.build(config, context)
+            read = pretrained.denoiser_state(comp, base, config, context)
+            pretrained.load_strict(module, read["state"], Path(base))
+            return module
+
+        name = shared.adapter_name() if shared else lora.DEFAULT
+        module = shared.get((*key, meta["lora"]["base"]["sha256"]), make_base) if shared \
+            else make_base()
         module = lora.add(module, meta["lora"]["rank"], meta["lora"]["alpha"],
-                          meta["lora"]["modules"])
-        load_weights(module, folder / ADAPTER, only=lora.adapter_state(module))
-        return module, meta
-    load_weights(module, folder / WEIGHTS)
-    return module, meta
+                          meta["lora"]["modules"], name=name)
+        load_weights(module, folder / ADAPTER, only=lora.adapter_state(module, name), name=name)
+        return module, {**meta, "adapter": name}
+
+    def make():
+        module = comp.build(config, context)
+        load_weights(module, folder / WEIGHTS)
+        return module
+
+    if shared is None or not (folder / WEIGHTS).is_file():
+        return make(), meta
+    return shared.get((*key, lora.fingerprint(folder / WEIGHTS)), make), meta
 
 
-def loader(folder: Path, role: str):
+def loader(folder: Path, role: str, shared: Shared | None = None):
     """A maker for :func:`udiff.plugins.assembly.assemble`: ``context -> loaded module``."""
-    return lambda context: load_component(folder, role, context)[0]
+    return lambda context: load_component(folder, role, context, shared)[0]
 
 
-def load_weights(module: nn.Module, path: Path, only: dict | None = None) -> None:
-    """All of ``module``'s weights from ``path`` (or exactly the keys of ``only``)."""
+def load_weights(module: nn.Module, path: Path, only: dict | None = None,
+                 name: str = lora.DEFAULT) -> None:
+    """All of ``module``'s weights from ``path`` (or exactly the keys of ``only``); a LoRA
+    adapter saved as ``default`` goes in as adapter ``name``."""
     if not path.is_file():
         raise UdiffError(f"run directory {path.parent.parent} is incomplete: missing {path}")
     try:
-        missing, unexpected = safetensors.torch.load_model(module, str(path), strict=False)
+        if name == lora.DEFAULT:
+            missing, unexpected = safetensors.torch.load_model(module, str(path), strict=False)
+        else:
+            state = {k.replace(f".{lora.DEFAULT}.", f".{name}."): v
+                     for k, v in safetensors.torch.load_file(str(path)).items()}
+            missing, unexpected = module.load_state_dict(state, strict=False)
     except Exception as e:  # truncated/tampered headers, shape mismatches
         raise UdiffError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
     if only is not None:
-        missing = [k for k in missing if k in only]
+        missing = [k for k in missing if k.replace(f".{name}.", f".{lora.DEFAULT}.") in only]
     if missing or unexpected:
         raise UdiffError(f"weights {path} do not match the model: missing {list(missing)[:3]}, "
                          f"unexpected {list(unexpected)[:3]}")

@@ -13,10 +13,11 @@ from ..context import Context
 from ..errors import UdiffError
 from ..images import to_pil
 from ..plugins.assembly import assemble
-from ..run.directory import component_of, load_component, loader
+from ..run.directory import Shared, component_of, load_component, loader
 from ..run.files import read_json
 from ..run.layout import RUN_FILE
 from ..schedulers import Scheduler
+from ..weights import lora
 
 
 class Pipeline:
@@ -38,8 +39,12 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    adapter: str | None = None  # the LoRA adapter to apply when the base is shared (the server)
+
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> Pipeline:
+    def from_run(cls, run_dir: str | Path, device: str = "cpu",
+                 shared: Shared | None = None) -> Pipeline:
+        """``shared``: reuse modules other runs loaded already (see :class:`Shared`)."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UdiffError(f"run directory {run_dir} does not exist")
@@ -48,13 +53,21 @@ class Pipeline:
                              "did not finish)")
         run = read_json(run_dir / RUN_FILE, f"run {run_dir}")
         ctx = Context(**run["context"])  # holds the latent shape already
-        autoencoder, ae_meta = load_component(run_dir / "autoencoder", "autoencoder", ctx)
-        stack = assemble(ctx, loader(run_dir / "denoiser", "denoiser"),
-                         loader(run_dir / "conditioner", "conditioner"))
+        autoencoder, ae_meta = load_component(run_dir / "autoencoder", "autoencoder", ctx, shared)
+        den_meta = {}
+
+        def denoiser(context):
+            module, den_meta["meta"] = load_component(run_dir / "denoiser", "denoiser", context,
+                                                      shared)
+            return module
+
+        stack = assemble(ctx, denoiser, loader(run_dir / "conditioner", "conditioner", shared))
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
         pipe = cls(autoencoder, stack.denoiser, stack.conditioner, comp.name, sched_cfg,
                    run["labels"], ae_meta["scaling_factor"], stack.context)
         pipe.run_dir = run_dir
+        if shared is not None:
+            pipe.adapter = den_meta["meta"].get("adapter")
         return pipe.to(device)
 
     def compile(self) -> Pipeline:
@@ -85,25 +98,14 @@ class Pipeline:
                              f"{len(self.label_names) - 1} ({', '.join(self.label_names[:10])})")
         return labels
 
-    @torch.no_grad()
     def denoise(self, labels: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
                 scheduler: Scheduler, generator: torch.Generator | None = None,
                 progress: bool = False) -> torch.Tensor:
         """Latents ``[B, c, h, w]`` from initial ``noise`` of the same shape."""
-        device = self.device
-        scheduler.set_timesteps(steps, device=device)
-        cfg = guidance != 1.0
-        ids = torch.cat([labels, self.conditioner.null(len(labels))]) if cfg else labels
-        cond = self.conditioner(ids.to(device))
-        x = noise.to(device) * scheduler.init_noise_sigma
-        for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
-            inp = scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)
-            out = self.denoiser(inp, t.expand(len(inp)), cond)[:, : x.shape[1]]
-            if cfg:
-                c, u = out.chunk(2)
-                out = u + guidance * (c - u)
-            x = scheduler.step(out, t, x, generator=generator)
-        return x
+        loop = Denoising(self, labels, noise, steps, guidance, scheduler, generator)
+        for t in tqdm(loop.timesteps, desc="sampling", leave=False, disable=not progress):
+            loop.step(t)
+        return loop.x
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -133,3 +135,57 @@ class Pipeline:
 
 def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
     return Pipeline.from_run(run_dir, device)
+
+
+class Denoising:
+    """One sampling loop, a step at a time, so that a caller can watch it and drop rows between
+    steps (the server cancels one request out of a batch). :meth:`Pipeline.denoise` runs it."""
+
+    def __init__(self, pipe: Pipeline, labels: torch.Tensor, noise: torch.Tensor, steps: int,
+                 guidance: float, scheduler: Scheduler, generator: torch.Generator | None = None):
+        self.pipe, self.guidance, self.scheduler, self.generator = pipe, guidance, scheduler, \
+            generator
+        if pipe.adapter is not None:
+            lora.activate(pipe.denoiser, pipe.adapter)
+        scheduler.set_timesteps(steps, device=pipe.device)
+        self.timesteps = scheduler.timesteps  # [steps]
+        self.x = noise.to(pipe.device) * scheduler.init_noise_sigma  # [B, c, h, w]
+        self._condition(labels)
+
+    @torch.no_grad()
+    def _condition(self, labels: torch.Tensor) -> None:
+        self.labels = labels  # [B]
+        cfg = self.guidance != 1.0
+        ids = torch.cat([labels, self.pipe.conditioner.null(len(labels))]) if cfg else labels
+        self.cond = self.pipe.conditioner(ids.to(self.pipe.device))  # [2B or B, ...]
+
+    @torch.no_grad()
+    def step(self, t: torch.Tensor) -> None:
+        x, cfg = self.x, self.guidance != 1.0
+        inp = self.scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)  # [2B, ...]
+        out = self.pipe.denoiser(inp, t.expand(len(inp)), self.cond)[:, : x.shape[1]]
+        if cfg:
+            c, u = out.chunk(2)  # [B, ...] each
+            out = u + self.guidance * (c - u)
+        self.x = self.scheduler.step(out, t, x, generator=self.generator)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (bool ``[B]``) from now on: of the latents, the labels and every
+        per-row tensor the sampler holds (a multistep solver's past outputs)."""
+        batch = len(self.x)
+        self.x = self.x[rows.to(self.x.device)]
+        self._condition(self.labels[rows])
+        state = vars(getattr(self.scheduler, "sampler", self.scheduler))
+        for name, value in state.items():
+            if isinstance(value, list):
+                state[name] = [_rows(v, batch, rows) for v in value]
+            else:
+                state[name] = _rows(value, batch, rows)
+
+
+def _rows(value, batch: int, rows: torch.Tensor):
+    """``value[rows]`` if it is a per-row tensor shaped like the latents ``[B, c, h, w]``; a
+    schedule (``timesteps``, ``sigmas``: 1-D) is never one."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch:
+        return value[rows.to(value.device)]
+    return value

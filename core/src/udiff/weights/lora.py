@@ -9,6 +9,7 @@ loading the run reads the base again, checks it is the same, and applies the ada
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,15 +41,22 @@ def require() -> None:
         raise UdiffError("LoRA needs the extra: pip install 'udiff-core[lora]'") from None
 
 
-def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str]) -> nn.Module:
+DEFAULT = "default"  # peft's adapter name: the one a run saves and a lone run loads
+
+
+def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str],
+        name: str = DEFAULT) -> nn.Module:
     """Inject adapters in place; only they stay trainable (zero-initialised B: the model starts
-    exactly as the base)."""
+    exactly as the base). Another ``name`` adds a second adapter beside the first (the server
+    keeps one base with an adapter per run; :func:`activate` picks one)."""
     require()
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0)
     try:
-        denoiser = inject_adapter_in_model(config, denoiser)
+        with warnings.catch_warnings():  # "multiple adapters": the server's shared base, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            denoiser = inject_adapter_in_model(config, denoiser, adapter_name=name)
     except ValueError as e:  # "Target modules ... not found in the base model"
         raise UdiffError(f"--lora-targets {','.join(modules)}: {str(e).splitlines()[0]}") from None
     for name, p in denoiser.named_parameters():
@@ -56,8 +64,19 @@ def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str])
     return denoiser
 
 
-def adapter_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous() for k, v in denoiser.state_dict().items() if "lora_" in k}
+def adapter_state(denoiser: nn.Module, name: str = DEFAULT) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s tensors, keyed as a run saves them (under the default name)."""
+    return {k.replace(f".{name}.", f".{DEFAULT}."): v.detach().contiguous()
+            for k, v in denoiser.state_dict().items() if "lora_" in k and f".{name}." in k}
+
+
+def activate(denoiser: nn.Module, name: str) -> None:
+    """Make adapter ``name`` the one every adapted layer applies."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in denoiser.modules():
+        if isinstance(module, LoraLayer) and module.active_adapters != [name]:
+            module.set_adapter(name)
 
 
 def base_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,144 @@
+"""The runs a server holds: loaded once (LoRA runs of one base share it, see
+:class:`udiff.run.directory.Shared`), described for ``GET /v1/runs``, and the check that turns a
+request into :class:`Work` for one of them."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import plugins
+from ..config import resolve
+from ..errors import UdiffError
+from ..plugins import defaults
+from ..run.directory import Shared
+from ..run.layout import CONFIG, RUN_FILE
+from ..sampling.pipeline import Pipeline
+from .schema import ApiError, GenerateRequest, Limits, Work
+
+
+@dataclass
+class ServedRun:
+    name: str
+    path: Path
+    pipe: Pipeline
+    backbone: str
+    steps: int  # the run's defaults, as `udiff eval` samples it
+    sampler: str
+    guidance: float
+
+    def describe(self) -> dict:
+        pipe = self.pipe
+        return {"name": self.name, "backbone": self.backbone,
+                "objective": {"scheduler": pipe.scheduler_name,
+                              "family": defaults.family(pipe.scheduler_name)},
+                "labels": pipe.label_names, "image_size": pipe.context.image_size,
+                "image_channels": pipe.context.image_channels,
+                "lora": pipe.adapter is not None,
+                "defaults": {"steps": self.steps, "sampler": self.sampler,
+                             "guidance": self.guidance}}
+
+    def work(self, req: GenerateRequest, limits: Limits) -> Work:
+        """The request checked against this run and the limits; errors name the field."""
+        names = self.pipe.label_names
+        labels = []
+        for value in req.labels:
+            if isinstance(value, str) and value in names:
+                labels.append(names.index(value))
+            elif isinstance(value, int) and 0 <= value < len(names):
+                labels.append(value)
+            else:
+                raise ApiError(422, "unknown_label", f"label {value!r} is not one of run "
+                               f"{self.name!r}'s labels: indices 0..{len(names) - 1} or names "
+                               f"{', '.join(names[:10])}", "labels")
+        total = len(labels) * req.per_label
+        if total > limits.max_images:
+            raise ApiError(422, "too_many_images", f"{len(labels)} labels x per_label "
+                           f"{req.per_label} = {total} images; this server allows at most "
+                           f"{limits.max_images} per request", "per_label")
+        steps = req.steps or self.steps
+        if steps > limits.max_steps:
+            raise ApiError(422, "out_of_range", f"steps {steps} is over this server's limit "
+                           f"{limits.max_steps}", "steps")
+        sampler, guidance = defaults.sampler(self.pipe.scheduler_name, req.sampler,
+                                             req.guidance if req.guidance is not None
+                                             else self.guidance)
+        if guidance > limits.max_guidance:
+            raise ApiError(422, "out_of_range", f"guidance {guidance} is over this server's "
+                           f"limit {limits.max_guidance}", "guidance")
+        try:
+            self.pipe.scheduler(sampler)  # unknown, or of the other objective family
+        except UdiffError as e:
+            raise ApiError(422, "unknown_sampler", str(e), "sampler") from None
+        seed = req.seed if req.seed is not None else random.randrange(2**31)
+        per_image = tuple(x for x in labels for _ in range(req.per_label))
+        return Work(self.name, per_image, req.per_label, steps, sampler, guidance, seed,
+                    plugins.get("scheduler", sampler).meta.stochastic)
+
+
+def check(dirs: list[str | Path]) -> list[Path]:
+    """The run folders, or one line on the first that cannot be served (before any loading)."""
+    paths, names = [Path(d) for d in dirs], {}
+    for path in paths:
+        if not path.is_dir():
+            raise UdiffError(f"run directory {path} does not exist")
+        if not (path / RUN_FILE).is_file():
+            raise UdiffError(f"run directory {path} is incomplete (no {RUN_FILE}: training did "
+                             "not finish)")
+        name = path.resolve().name
+        if name in names:
+            raise UdiffError(f"runs {names[name]} and {path} are both named {name!r}: each run "
+                             "is served under its folder name; rename one")
+        names[name] = path
+    return paths
+
+
+def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
+    """Every run, loaded once, a line each as it loads."""
+    shared, runs = Shared(), {}
+    for path in check(dirs):
+        start = time.perf_counter()
+        pipe = Pipeline.from_run(path, device, shared=shared)
+        cfg = resolve(path / CONFIG)
+        sampler, guidance = defaults.sampler(pipe.scheduler_name, cfg.sampling.scheduler)
+        name = path.resolve().name
+        runs[name] = ServedRun(name, path, pipe, cfg.denoiser.name, cfg.sampling.steps, sampler,
+                               guidance)
+        print(f"udiff serve: loaded {name} ({cfg.denoiser.name}"
+              f"{', LoRA on a shared base' if pipe.adapter else ''}) in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return runs
+
+
+def warm_up(runs: dict[str, ServedRun]) -> None:
+    """One short sample per run: first-call costs (allocator, kernels) before /readyz says ready."""
+    for run in runs.values():
+        run.pipe.sample_tensor([0], per_label=1, steps=2, guidance=run.guidance, seed=0,
+                               scheduler=run.sampler)
+
+
+def parameter_bytes(runs: dict[str, ServedRun]) -> int:
+    """Bytes of every parameter and buffer the runs hold, each stored tensor counted once."""
+    seen, total = set(), 0
+    for run in runs.values():
+        for module in (run.pipe.autoencoder, run.pipe.denoiser, run.pipe.conditioner):
+            for t in [*module.parameters(), *module.buffers()]:
+                key = (t.untyped_storage().data_ptr(), t.device)
+                if key not in seen:
+                    seen.add(key)
+                    total += t.untyped_storage().nbytes()
+    return total
+
+
+def device_of(name: str) -> str:
+    """``auto``: CUDA when there is one; an unusable choice is one line."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UdiffError(f"--device {name}: no CUDA device here")
+    return name

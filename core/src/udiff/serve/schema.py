@@ -1,0 +1,74 @@
+"""What the HTTP API takes and gives: the request body, the server's limits, the error body.
+Nothing here imports torch or FastAPI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Limits(BaseModel):
+    """Per-server bounds; every one is reported by ``GET /v1/runs``."""
+
+    max_batch_images: int = Field(16, ge=1, description="Images one denoiser batch may hold.")
+    max_queue: int = Field(64, ge=1, description="Jobs that may wait; more get 503.")
+    max_steps: int = Field(100, ge=1, description="Sampling steps a request may ask for.")
+    max_images: int = Field(16, ge=1, description="Images one request may ask for.")
+    max_guidance: float = Field(20.0, gt=0, description="Largest guidance scale.")
+    max_body_bytes: int = Field(16384, ge=256, description="Largest request body.")
+    linger_ms: float = Field(5.0, ge=0, description="How long a batch that is not full waits "
+                             "for more requests.")
+    job_ttl_s: float = Field(600.0, gt=0, description="How long a finished job is kept.")
+    max_finished_jobs: int = Field(1000, ge=1, description="Finished jobs kept at most.")
+
+
+class GenerateRequest(BaseModel):
+    """``POST /v1/generate`` and ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str | None = Field(None, description="The run's folder name; may be left out when "
+                            "the server serves one run.")
+    labels: list[int | str] = Field(min_length=1, description="Label indices or names.")
+    per_label: int = Field(1, ge=1, description="Images per label.")
+    steps: int | None = Field(None, ge=1, description="Sampling steps (default: the run's).")
+    sampler: str | None = Field(None, description="A scheduler of the run's objective family.")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance (1 = off).")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the initial noise; "
+                             "absent: a random one, echoed back.")
+
+
+@dataclass(frozen=True)
+class Work:
+    """A request resolved against its run: what the worker runs."""
+
+    run: str
+    labels: tuple[int, ...]  # one entry per image, label-major (as Pipeline.sample_tensor)
+    per_label: int
+    steps: int
+    sampler: str
+    guidance: float
+    seed: int
+    stochastic: bool  # the sampler draws noise during its steps: never batched with another
+
+    @property
+    def images(self) -> int:
+        return len(self.labels)
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys may share a denoiser batch (the run fixes the LoRA adapter)."""
+        return self.run, self.steps, self.sampler, self.guidance
+
+
+class ApiError(Exception):
+    """An error a client caused (or a full queue): its status and ``{"error": {...}}`` body."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}

@@ -1,0 +1,116 @@
+"""The serving state behind the HTTP routes: runs, limits, queue, jobs, the worker, and the
+drain on shutdown (stop accepting, finish what was accepted, let clients fetch it)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+import threading
+import time
+
+from ..images import grid, to_pil
+from .jobs import Job, JobQueue, JobStore
+from .runs import ServedRun, warm_up
+from .schema import ApiError, GenerateRequest, Limits
+from .worker import Worker
+
+
+class Service:
+    def __init__(self, runs: dict[str, ServedRun], limits: Limits) -> None:
+        self.runs, self.limits = runs, limits
+        self.queue, self.jobs = JobQueue(limits), JobStore(limits)
+        self.worker = Worker(runs, self.queue)
+        self.ready = threading.Event()
+        self.draining = False
+
+    def start(self, warm: bool = True) -> None:
+        """Warm every run up (on a thread: the server already answers /healthz), then serve."""
+        def go():
+            if warm:
+                warm_up(self.runs)
+            self.worker.start()
+            self.ready.set()
+            print("udiff serve: ready", file=sys.stderr, flush=True)
+        threading.Thread(target=go, name="udiff-serve-warmup", daemon=True).start()
+
+    def describe(self) -> dict:
+        return {"runs": [r.describe() for r in self.runs.values()],
+                "limits": self.limits.model_dump()}
+
+    def run_of(self, req: GenerateRequest) -> ServedRun:
+        if req.run is None and len(self.runs) == 1:
+            return next(iter(self.runs.values()))
+        if req.run not in self.runs:
+            raise ApiError(422, "unknown_run", f"no run {req.run!r} here; served: "
+                           f"{', '.join(self.runs)}", "run")
+        return self.runs[req.run]
+
+    def submit(self, req: GenerateRequest, sync: bool) -> Job:
+        if self.draining:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry on "
+                           "another replica", None, {"Retry-After": "5"})
+        if not self.ready.is_set():
+            raise ApiError(503, "not_ready", "the server is still loading its runs", None,
+                           {"Retry-After": "1"})
+        job = Job(self.run_of(req).work(req, self.limits), sync=sync)
+        self.queue.put(job)
+        self.jobs.add(job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        if job.done:
+            raise ApiError(409, "finished", f"job {job.id} already {job.status}", "id")
+        if self.queue.remove(job):
+            job.finish("cancelled")
+        else:  # running (or just taken): it leaves its batch at the next step
+            job.cancel_requested.set()
+
+    def view(self, job: Job) -> dict:
+        out = {"id": job.id, "status": job.status, "step": job.step, "steps": job.work.steps}
+        if job.status == "succeeded":
+            out["result"] = self.result(job)
+            job.fetched = True
+        if job.status == "failed":
+            out["error"] = job.error
+        return out
+
+    def result(self, job: Job) -> dict:
+        w, names = job.work, self.runs[job.work.run].pipe.label_names
+        return {"run": w.run, "seed": w.seed, "steps": w.steps, "sampler": w.sampler,
+                "guidance": w.guidance, "images": [
+                    {"label": label, "label_name": names[label], "png_base64": png_base64(im)}
+                    for label, im in zip(w.labels, to_pil(job.images))],
+                "timing": job.timing()}
+
+    def grid_png(self, job: Job) -> bytes:
+        buf = io.BytesIO()
+        grid(job.images, rows=len(job.work.labels) // job.work.per_label).save(buf, "PNG")
+        return buf.getvalue()
+
+    def drain(self, grace: float) -> None:
+        """Stop accepting; wait (up to ``grace`` s) for every accepted job to finish and every
+        finished async job to be fetched once; whatever is left is failed, and said."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        jobs = self.jobs.values()
+        print(f"udiff serve: draining: {sum(not j.done for j in jobs)} job(s) to finish "
+              f"(grace {grace:.0f} s)", file=sys.stderr, flush=True)
+        while time.monotonic() < deadline and not all(
+                j.done and (j.sync or j.fetched or j.status != "succeeded") for j in jobs):
+            time.sleep(0.05)
+        unfinished = [j for j in jobs if not j.done]
+        for job in unfinished:
+            self.queue.remove(job)
+            job.cancel_requested.set()
+            job.finish("failed", error="the server shut down before this job finished")
+        if unfinished:
+            print(f"udiff serve: {len(unfinished)} job(s) did not finish within the grace "
+                  "period and were failed", file=sys.stderr, flush=True)
+        self.worker.stop.set()
+
+
+def png_base64(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
