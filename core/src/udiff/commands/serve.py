@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
                    help="trained runs, each served under its folder name")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; 0.0.0.0 needs --token-file)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port; 0: any free one, printed (default: 8000)")
     p.add_argument("--token-file", metavar="PATH", help="file holding a bearer token every "
                    "route but /healthz then requires")
     for flag in ("max_batch_images", "max_queue", "max_steps", "max_images"):
@@ -41,8 +41,8 @@ def main(args) -> int:
         first = e.errors()[0]
         raise UdiffError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") \
             from None
-    if not 0 < args.port < 65536:
-        raise UdiffError(f"--port {args.port}: must be 1..65535")
+    if not 0 <= args.port < 65536:
+        raise UdiffError(f"--port {args.port}: must be 0..65535 (0: any free port)")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise UdiffError(f"--device {args.device}: auto, cpu, cuda or cuda:N")
     return serve(args.run_dirs, args.host, args.port, args.token_file, limits, args.device,

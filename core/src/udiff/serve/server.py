@@ -83,6 +83,7 @@ def serve(run_dirs: list[str], host: str, port: int, token_file: str | None, lim
     service = Service(runs, limits)
     server = make_server(service, token, grace)
     service.start()
+    port = sock.getsockname()[1]
     print(f"udiff serve: http://{host}:{port}/ ({len(runs)} run(s); the API at /docs)",
           file=sys.stderr, flush=True)
     server.run(sockets=[sock])
