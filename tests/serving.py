@@ -22,7 +22,7 @@ from udiff.serve.service import Service
 class Live:
     def __init__(self, run_dirs, token: str | None = None, **limits) -> None:
         self.service = Service(served.load(run_dirs), Limits(**limits))
-        self.server = make_server(self.service, token, grace=10)
+        self.server = make_server(self.service, token)
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},

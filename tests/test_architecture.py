@@ -23,6 +23,7 @@ LAYERS = [
     ("sampling", ["udiff.sampling"]),
     ("evaluation", ["udiff.evaluation"]),
     ("training", ["udiff.training", "udiff.testing"]),
+    ("serve", ["udiff.serve"]),
     ("bench", ["udiff.bench"]),
     ("commands", ["udiff.commands", "udiff.cli", "udiff.__main__", "udiff"]),
 ]

@@ -154,8 +154,10 @@ FLAGS = {
     "bench": "--backbones --preset --batches --quick --device --out --overwrite",
     "demo": "--backbone --preset --seed --out --overwrite",
 }
-# Flags added since, each by an issue that asked for it.
-ADDED = {"bench": "--strict"}
+# Flags added since, each by an issue that asked for it (17: serve, bench serve).
+ADDED = {"bench": "--strict target --concurrency --seconds"}
+NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
+                "--max-images --device --grace-seconds"}
 
 
 def test_every_command_keeps_its_flags_and_each_has_help():
@@ -164,11 +166,11 @@ def test_every_command_keeps_its_flags_and_each_has_help():
     from udiff.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == set(FLAGS)
+    assert set(sub.choices) == set(FLAGS) | set(NEW)
     for name, parser in sub.choices.items():
         actions = [a for a in parser._actions if a.dest != "help"]
         assert {a.option_strings[0] if a.option_strings else a.dest for a in actions} == set(
-            (FLAGS[name] + " " + ADDED.get(name, "")).split()), name
+            ({**FLAGS, **NEW}[name] + " " + ADDED.get(name, "")).split()), name
         assert [a.dest for a in actions if not a.help] == [], name
 
 

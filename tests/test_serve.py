@@ -3,6 +3,7 @@ batching, overload, cancel, auth, injected failures, bad requests, LoRA runs on 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -339,3 +340,23 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
+    out = tmp_path / "bench"
+    code, stdout, err = cli("bench", "serve", tiny_run, "--quick", "--concurrency", "1,4",
+                            "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "serve.json").read_text())
+    at = {mode: {p["concurrency"]: p for p in ps} for mode, ps in result["points"].items()}
+    assert at["batching"][4]["mean_batch_images"] > 1  # 4 clients share batches
+    assert at["no batching"][4]["mean_batch_images"] == 1
+    assert result["ratios"]["lost"] == 0 and result["library_ms"] > 0
+    assert all(p["requests"] > 0 and p["status_503"] == 0 for ps in result["points"].values()
+               for p in ps)
+    assert "| batching | 4 |" in (out / "serve.md").read_text()
+    assert (out / "serve.png").read_bytes().startswith(b"\x89PNG")
+    assert "udiff bench serve: no batching, concurrency 4" in err  # progress, a line per point
+    cli.fails("bench", "serve", "--out", tmp_path / "x", match="serve RUN_DIR")
+    cli.fails("bench", "serve", tiny_run, "--concurrency", "0", "--out", tmp_path / "y",
+              match="--concurrency")

@@ -9,6 +9,8 @@ HELP = "benchmark every installed backbone (pytest-benchmark)"
 
 
 def add_arguments(p) -> None:
+    p.add_argument("target", nargs="*", metavar="serve RUN_DIR", help="`serve RUN_DIR`: the "
+                   "load benchmark of `udiff serve` on that run instead (serve.json/md/png)")
     p.add_argument("--backbones", metavar="LIST",
                    help="comma-separated (default: every installed backbone)")
     p.add_argument("--preset", metavar="NAME",
@@ -21,6 +23,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for bench.json, report.md/png, ratios.json")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--concurrency", metavar="LIST", default="1,4,16,64",
+                   help="bench serve: concurrent clients per point (default: 1,4,16,64)")
+    p.add_argument("--seconds", type=float, default=10.0, metavar="S",
+                   help="bench serve: length of each point (default: 10; --quick: 2)")
     p.add_argument("--strict", action="store_true", help="exit 2 when a ratio falls outside its "
                    "bound (report.md's bound column, what CI holds; the report is written first)")
 
@@ -28,6 +34,9 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from ..bench import run as bench
     from ..errors import UdiffError
+
+    if args.target:
+        return serve(args)
 
     rat = bench.run(args.out, backbones=args.backbones, preset=args.preset, batches=args.batches,
                     quick=args.quick, device=args.device, overwrite=args.overwrite)
@@ -38,4 +47,31 @@ def main(args) -> int:
     if args.strict and outside:
         raise UdiffError(f"--strict: {len(outside)} ratio(s) outside their bound: "
                          f"{'; '.join(outside)}")
+    return 0
+
+
+def serve(args) -> int:
+    from ..bench import serving
+    from ..errors import UdiffError
+
+    if args.target[0] != "serve" or len(args.target) != 2:
+        raise UdiffError(f"udiff bench: unknown target {' '.join(args.target)!r}; "
+                         "the one target is: serve RUN_DIR")
+    try:
+        levels = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError:
+        raise UdiffError(f"--concurrency {args.concurrency}: comma-separated integers") from None
+    if not levels or min(levels) < 1:
+        raise UdiffError(f"--concurrency {args.concurrency}: each at least 1")
+    result = serving.run(args.target[1], args.out, levels, 2.0 if args.quick else args.seconds,
+                         args.overwrite)
+    print(json.dumps(result["ratios"]))
+    print(f"report: {args.out}/serve.md  {args.out}/serve.png  {args.out}/serve.json")
+    if result["ratios"]["lost"]:
+        raise UdiffError(f"{result['ratios']['lost']} request(s) were lost")
+    outside = [f"{k} {v:.3f} (target {op} {t})" for k, v in result["ratios"].items()
+               if k in serving.TARGETS for op, t in [serving.TARGETS[k]]
+               if not (v >= t if op == ">=" else v <= t)]
+    if args.strict and outside:
+        raise UdiffError(f"--strict: {'; '.join(outside)}")
     return 0

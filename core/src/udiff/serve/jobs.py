@@ -72,6 +72,7 @@ class JobQueue:
         self.limits = limits
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
+        self.last_end = 0.0  # when the worker finished its last batch (monotonic)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -95,7 +96,8 @@ class JobQueue:
     def take(self, timeout: float = 0.1) -> list[Job]:
         """The oldest job and the queued jobs that can share its batch (same run, steps,
         sampler, guidance) up to ``max_batch_images``, waiting ``linger_ms`` for more while the
-        batch is not full; [] if nothing came within ``timeout``."""
+        batch is not full -- only under load (others queued, or this job waited for the last
+        batch): a lone client pays no linger. [] if nothing came within ``timeout``."""
         cap, linger = self.limits.max_batch_images, self.limits.linger_ms / 1000
         with self._cond:
             if not self._jobs and not self._cond.wait_for(lambda: self._jobs, timeout):
@@ -104,6 +106,8 @@ class JobQueue:
             if batch[0].work.stochastic:
                 return batch
             key, size = batch[0].work.batch_key(), batch[0].work.images
+            if not self._jobs and batch[0].submitted > self.last_end:
+                linger = 0.0
             deadline = time.monotonic() + linger
             while size < cap:
                 for job in list(self._jobs):

@@ -24,15 +24,17 @@ class Service:
         self.ready = threading.Event()
         self.draining = False
 
-    def start(self, warm: bool = True) -> None:
-        """Warm every run up (on a thread: the server already answers /healthz), then serve."""
-        def go():
-            if warm:
-                warm_up(self.runs)
-            self.worker.start()
-            self.ready.set()
-            print("udiff serve: ready", file=sys.stderr, flush=True)
-        threading.Thread(target=go, name="udiff-serve-warmup", daemon=True).start()
+    def run(self) -> None:
+        """Warm every run up (the server already answers /healthz), say ready, and work on this
+        thread until the worker is stopped."""
+        warm_up(self.runs)
+        self.ready.set()
+        print("udiff serve: ready", file=sys.stderr, flush=True)
+        self.worker.run()
+
+    def start(self) -> None:
+        """:meth:`run` on a thread of its own (tests serve from a thread of their process)."""
+        threading.Thread(target=self.run, name="udiff-serve-worker", daemon=True).start()
 
     def describe(self) -> dict:
         return {"runs": [r.describe() for r in self.runs.values()],

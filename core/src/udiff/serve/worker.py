@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import torch
 
@@ -19,9 +20,8 @@ from .jobs import Job, JobQueue
 from .runs import ServedRun
 
 
-class Worker(threading.Thread):
+class Worker:
     def __init__(self, runs: dict[str, ServedRun], queue: JobQueue) -> None:
-        super().__init__(name="udiff-serve-worker", daemon=True)
         self.runs, self.queue = runs, queue
         self.stop = threading.Event()
         self.batches, self.batched_images = 0, 0  # mean batch size = images / batches
@@ -31,6 +31,7 @@ class Worker(threading.Thread):
             jobs = self.queue.take()
             if jobs:
                 self.execute(jobs)
+                self.queue.last_end = time.monotonic()
 
     def execute(self, jobs: list[Job], retry: bool = True) -> None:
         """Run one batch; a failure fails its jobs and the server goes on. Out of CUDA memory,
