@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from serving import Live, call, decode, poll
 
 import udiff
 from conftest import run_udiff
-from serving import Live, call, decode, poll
 from udiff.cli import main
 
 pytest.importorskip("fastapi")
@@ -54,7 +54,7 @@ def test_alone_and_batched_results_equal_the_librarys(live, tiny_run):
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(lambda b: live.call("POST", "/v1/generate", b), bodies))
     assert max(r[2]["timing"]["batch_images"] for r in results) > 2  # batched with others
-    for b, (status, _, result) in zip(bodies, results):
+    for b, (status, _, result) in zip(bodies, results, strict=True):
         assert status == 200, result
         close(decode(result), library(tiny_run, b["labels"], b["per_label"], 6, 4.0, b["seed"],
                                       "dpm++"))
@@ -64,7 +64,7 @@ def test_alone_and_batched_results_equal_the_librarys(live, tiny_run):
             for s in (1, 2)]
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda b: live.call("POST", "/v1/generate", b), ddpm))
-    for b, (status, _, result) in zip(ddpm, results):
+    for b, (status, _, result) in zip(ddpm, results, strict=True):
         assert status == 200 and result["timing"]["batch_images"] == 2
         close(decode(result), library(tiny_run, [2], 2, 5, 6.0, b["seed"], "ddpm"))
 
@@ -265,7 +265,7 @@ def test_lora_runs_share_one_base(lora_runs):
                   for r in lora_runs]
         with ThreadPoolExecutor(3) as pool:
             results = list(pool.map(lambda b: live.call("POST", "/v1/generate", b), bodies))
-        for r, (status, _, result) in zip(lora_runs, results):
+        for r, (status, _, result) in zip(lora_runs, results, strict=True):
             assert status == 200, result
             close(decode(result), library(r, [4], 2, 5, 6.0, 3, "dpm++"))
         assert np.abs(decode(results[0][2]).astype(int) - decode(results[1][2])).max() > 1

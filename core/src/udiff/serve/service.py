@@ -82,7 +82,7 @@ class Service:
         return {"run": w.run, "seed": w.seed, "steps": w.steps, "sampler": w.sampler,
                 "guidance": w.guidance, "images": [
                     {"label": label, "label_name": names[label], "png_base64": png_base64(im)}
-                    for label, im in zip(w.labels, to_pil(job.images))],
+                    for label, im in zip(w.labels, to_pil(job.images), strict=True)],
                 "timing": job.timing()}
 
     def grid_png(self, job: Job) -> bytes:

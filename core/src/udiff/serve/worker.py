@@ -69,7 +69,7 @@ class Worker:
         scheduler = pipe.scheduler(first.sampler)  # a fresh one per batch: no shared state
         generators = [torch.Generator("cpu").manual_seed(j.work.seed) for j in jobs]
         noise = torch.cat([torch.randn((j.work.images, *pipe.latent_shape), generator=g)
-                           for j, g in zip(jobs, generators)])  # [N, c, h, w]
+                           for j, g in zip(jobs, generators, strict=True)])  # [N, c, h, w]
         labels = torch.tensor([x for j in jobs for x in j.work.labels])  # [N]
         size = len(labels)
         for job in jobs:
