@@ -92,11 +92,12 @@ def test_sixteen_concurrent_requests_take_fewer_than_sixteen_batches(live):
 
 def test_cancel_one_job_of_a_running_batch(live, tiny_run):
     bodies = [{"labels": [k], "steps": 60, "guidance": 4.0, "seed": k} for k in range(3)]
-    ids = []
+    ids, blocker = [], busy(live)  # the three queue up behind it, then share one batch
     for b in bodies:
         status, headers, job = live.call("POST", "/v1/jobs", b)
         assert status == 202 and headers["location"] == f"/v1/jobs/{job['id']}"
         ids.append(job["id"])
+    live.call("DELETE", f"/v1/jobs/{blocker}")
     deadline = time.monotonic() + 60
     while live.call("GET", f"/v1/jobs/{ids[1]}")[2]["step"] < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -316,7 +317,8 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "udiff", "serve", str(tiny_run), "--port",
-                             str(port), "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+                             str(port), "--device", "cpu", "--host", "0.0.0.0"],
+                            stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port)
         ids = [call(port, "POST", "/v1/jobs", {"labels": [k], "steps": 80, "seed": k})[2]["id"]
@@ -336,7 +338,8 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
         assert [j["status"] for j in jobs] == ["succeeded"] * 3
         assert sync["r"][0] == 200
         assert proc.wait(60) == 0
-        assert "draining" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "draining" in err and "warning: listening on 0.0.0.0 without --token-file" in err
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -360,3 +363,21 @@ def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
     cli.fails("bench", "serve", "--out", tmp_path / "x", match="serve RUN_DIR")
     cli.fails("bench", "serve", tiny_run, "--concurrency", "0", "--out", tmp_path / "y",
               match="--concurrency")
+
+
+def test_finished_jobs_are_kept_for_a_bounded_time_and_count(tiny_run):
+    from udiff.serve.jobs import Job, JobStore
+    from udiff.serve.schema import Limits, Work
+
+    store = JobStore(Limits(max_finished_jobs=2, job_ttl_s=60))
+    work = Work("tiny", (0,), 1, 3, "dpm++", 6.0, 0, False)
+    jobs = [Job(work) for _ in range(4)]
+    for job in jobs:
+        store.add(job)
+    for job in jobs[:3]:
+        job.finish("succeeded")
+    store.prune()
+    assert [j.id for j in store.values()] == [jobs[1].id, jobs[2].id, jobs[3].id]  # 2 finished
+    jobs[1].finished -= 61  # older than the time-to-live
+    store.prune()
+    assert [j.id for j in store.values()] == [jobs[2].id, jobs[3].id]  # the running one stays
