@@ -118,19 +118,36 @@ def finish_and_compare(out: Path, reference: Path) -> str:
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_stage_2_saves_exits_130_and_resumes_exactly(reference, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_in_stage_2_saves_exits_and_resumes_exactly(reference, tmp_path, sig, code):
+    """Ctrl-C and a scheduler's SIGTERM alike: finish the step, checkpoint, exit 128 + signal."""
     out = tmp_path / "run"
     proc = train_proc(out)
     wait_for_checkpoint(out, "denoiser", proc)  # step 3 of 60: far from the end
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (proc.returncode, err[-800:])
+    assert proc.returncode == code, (proc.returncode, err[-800:])
+    assert f"({sig.name})" in err
     assert "interrupted: checkpoint denoiser step" in err and "continue with --resume" in err
     assert not (out / "run.json").exists() and not (out / ".lock").exists()
     saved = Checkpointer(out).latest(warn=False)  # the step it was in, saved on the way out
     step = Checkpointer.state(saved)["step"]
     assert saved.name.split("-")[1] == "denoiser" and f"checkpoint denoiser step {step} saved" in err
     assert f"continuing from {saved.name}" in finish_and_compare(out, reference)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_fit_the_grace_period_is_not_started(tmp_path):
+    out = tmp_path / "run"
+    proc = train_proc(out, "--grace-seconds", "0.001")  # less than any checkpoint write takes
+    wait_for_checkpoint(out, "denoiser", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-800:]
+    assert "no checkpoint written" in err and "grace period" in err and "is kept" in err
+    kept = Checkpointer(out).latest(warn=False)
+    assert Checkpointer.state(kept)["step"] % 3 == 0  # a regular one (every 3 steps)
+    assert_checkpoints_load(out)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The ``udiff`` command: one sub-command per module of :mod:`udiff.commands`. User errors print
-one line and exit 2; Ctrl-C exits 130. Building the parser imports no torch."""
+one line and exit 2; Ctrl-C exits 130 (SIGTERM during training: 143). Building the parser imports no torch."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except UdiffError as e:
         print(f"udiff: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # training's Interrupted carries 143 for SIGTERM
         print("udiff: interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

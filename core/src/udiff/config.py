@@ -114,6 +114,9 @@ class TrainingConfig(Strict):
     checkpoint_every: int = Field(500, ge=0, description="Resumable checkpoint every N optimizer "
                                   "steps of each stage (0 = only on Ctrl-C).")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept (newest).")
+    grace_seconds: float = Field(30.0, gt=0, description="On SIGTERM/SIGINT: the time a "
+                                 "scheduler allows to finish the step and write a checkpoint; "
+                                 "if that cannot fit, none is written and the last one is kept.")
     max_nonfinite: int = Field(20, ge=1, description="Stop after this many consecutive "
                                "non-finite losses (each is skipped and counted).")
     validate_every: int = Field(0, ge=0, description="Every N denoiser steps (and at the end): a "

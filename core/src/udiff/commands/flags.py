@@ -51,8 +51,8 @@ TRAIN_FLAGS = (
     Flag("--lora-targets", "denoiser.lora.targets", "LIST"),
     *training("max_steps", "autoencoder_steps", "batch_size", "lr", "mixed_precision",
               "gradient_checkpointing", "compile", "attention", "device", "seed",
-              "checkpoint_every", "keep_checkpoints", "max_nonfinite", "validate_every",
-              "log_with", "fsdp"),
+              "checkpoint_every", "keep_checkpoints", "grace_seconds", "max_nonfinite",
+              "validate_every", "log_with", "fsdp"),
 )
 
 

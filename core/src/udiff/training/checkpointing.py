@@ -1,14 +1,17 @@
 """Where a run starts (from scratch, or from its newest complete checkpoint), when it saves a
-resumable checkpoint, and what Ctrl-C does (finish the step, save, exit 130)."""
+resumable checkpoint, and what SIGINT/SIGTERM do: finish the step, save (if it fits in the grace
+period), exit 130/143 -- every process at the same step."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+import time
 import tomllib
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from ..config import TrainConfig, to_toml
@@ -21,8 +24,17 @@ from .setup import say
 
 # May change on resume: they neither touch the weights nor draw from the training RNG
 # (checkpoints hold whole tensors, so a sharded run resumes unsharded and back).
-OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "max_nonfinite", "validate_every",
-               "validate_per_label", "log_with", "fsdp")
+OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "grace_seconds", "max_nonfinite",
+               "validate_every", "validate_per_label", "log_with", "fsdp")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal; the CLI exits with ``128 + signal`` (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
 
 
 def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
@@ -53,7 +65,9 @@ class Checkpointing:
         self.cfg, self.out, self.accelerator = cfg, out, accelerator
         self.resume, self.overwrite = resume, overwrite
         self.checkpointer = Checkpointer(out, cfg.training.keep_checkpoints)
-        self.interrupted = False
+        self.interrupted = 0  # the signal number once SIGINT/SIGTERM arrived (agreed by all)
+        self.signalled_at: float | None = None
+        self.save_seconds = 0.0  # how long the last checkpoint took (the grace estimate)
 
     @property
     def main(self) -> bool:
@@ -93,18 +107,46 @@ class Checkpointing:
         return latest
 
     def due(self, step: int, last: int) -> bool:
+        """After every optimizer step: a checkpoint now? With several processes they first agree
+        on whether a signal arrived (one all-reduce), so that all stop at the same step."""
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([self.interrupted], device=self.accelerator.device)
+            self.interrupted = int(self.accelerator.reduce(flag, "max").item())
+            if self.interrupted and self.signalled_at is None:
+                self.signalled_at = time.monotonic()  # a peer got it: the grace from here
         every = self.cfg.training.checkpoint_every
-        return self.interrupted or (every > 0 and step % every == 0 and step < last)
+        return bool(self.interrupted) or (every > 0 and step % every == 0 and step < last)
 
     def save(self, stage: str, step: int, modules: dict, optimizer, lr_scheduler,
              batches: Batches, ema=None, extra: dict | None = None) -> None:
+        if self.interrupted:
+            self.within_grace(stage, step)
+        start = time.monotonic()
         files = snapshot(modules, optimizer, ema, keep=self.main)  # collective when sharded
         if self.main:
             self.checkpointer.save(stage, step, files, lr_scheduler, batches.position(), extra)
         self.accelerator.wait_for_everyone()
+        self.save_seconds = time.monotonic() - start
         if self.interrupted:
-            say(f"interrupted: checkpoint {stage} step {step} saved; continue with --resume")
-            raise KeyboardInterrupt
+            say(f"interrupted: checkpoint {stage} step {step} saved "
+                f"({signal.Signals(self.interrupted).name}); continue with --resume (the same "
+                "command)")
+            raise Interrupted(self.interrupted)
+
+    def within_grace(self, stage: str, step: int) -> None:
+        """Raise (keeping the last checkpoint) if writing one now would outlast the grace
+        period: the scheduler's SIGKILL would cut it anyway, so do not start it."""
+        grace = self.cfg.training.grace_seconds
+        left = grace - (time.monotonic() - (self.signalled_at or time.monotonic()))
+        need = self.save_seconds  # the last checkpoint's time; none yet: try (writes are atomic)
+        if need <= left:
+            return
+        latest = self.checkpointer.latest()
+        kept = f"the last checkpoint ({latest.name}) is kept" if latest else "there is none yet"
+        say(f"interrupted ({signal.Signals(self.interrupted).name}) at {stage} step {step}: no "
+            f"checkpoint written -- it needs ~{need:.0f} s and {max(left, 0):.0f} s of the "
+            f"{grace:.0f} s grace period are left; {kept}; continue with --resume")
+        raise Interrupted(self.interrupted)
 
     def restore(self, checkpoint: Path, modules: dict, optimizer, lr_scheduler,
                 batches: Batches, ema=None) -> dict:
@@ -114,17 +156,19 @@ class Checkpointing:
         return got["state"]
 
     @contextlib.contextmanager
-    def catching_ctrl_c(self):
-        """Ctrl-C sets a flag: the loop finishes its step and saves (a second Ctrl-C stops)."""
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+    def catching_signals(self):
+        """SIGINT and SIGTERM set a flag: the loop finishes its step and saves (a second signal
+        stops at once)."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
         try:
             yield
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.interrupted:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.interrupted = True
+    def _on_signal(self, signum, frame) -> None:
+        if self.interrupted:  # a second signal: stop now
+            raise Interrupted(signum)
+        self.interrupted, self.signalled_at = signum, time.monotonic()

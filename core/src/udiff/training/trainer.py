@@ -74,7 +74,7 @@ class Trainer:
                                            self.overwrite)
         self.out.mkdir(parents=True, exist_ok=True)
         with RunLock(self.out) if self.main else contextlib.nullcontext(), \
-                self.checkpointing.catching_ctrl_c():
+                self.checkpointing.catching_signals():
             try:
                 return self._run(plan)
             finally:
