@@ -4,8 +4,12 @@ weights of one process x batch B, and a checkpoint of N processes resumes on one
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +155,77 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
         assert "continuing from 1-denoiser-000000003" in proc.stderr
         for part in ("denoiser", "conditioner"):
             assert max_difference(weights(resumed, part), weights(sharded, part)) <= 1e-5, name
+
+
+def launcher(out: Path, *extra: str) -> subprocess.Popen:
+    """``udiff train --num-processes 2`` as a scheduler starts it (its own process group)."""
+    argv = [*BASE[:-len(STEPS)], "--max-steps", "60", "--checkpoint-every", "3",
+            "--batch-size", "16", "--lr", "2e-3", "--autoencoder-steps", "6",
+            "--num-processes", "2", "--out", str(out), *extra]
+    return subprocess.Popen([sys.executable, "-m", "udiff", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def processes_writing(out: Path) -> list[int]:
+    """Pids whose command line names ``out`` (the launcher, accelerate, the workers)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(out) in (proc / "cmdline").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def first_denoiser_checkpoint(out: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob("*-denoiser-*/COMPLETE")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance  # four 2-process runs: after the suite (.ci/run)
+def test_sigterm_or_sigkill_to_the_launcher_of_two_processes(tmp_path):
+    from udiff.run.checkpoints import Checkpointer
+    from udiff.run.lock import RunLock
+
+    reference = tmp_path / "reference"
+    proc = launcher(reference)
+    assert proc.wait(600) == 0, proc.stderr.read()[-3000:]
+
+    # SIGTERM to the launcher's pid only: both workers checkpoint the same step, exit 143.
+    out = tmp_path / "term"
+    proc = launcher(out)
+    first_denoiser_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "(SIGTERM); continue with --resume" in err and "SIGTERM forwarded" in err
+    step = Checkpointer.state(Checkpointer(out).latest(warn=False))["step"]
+    assert 3 <= step < 60 and not (out / "run.json").exists()
+    assert processes_writing(out) == []
+    proc = launcher(out, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and f"-denoiser-{step:09d}" in err, err[-3000:]
+    for part in ("denoiser", "conditioner"):
+        assert max_difference(weights(out, part), weights(reference, part)) == 0, part
+
+    # SIGKILL of the launcher: the workers notice, checkpoint, exit; nothing is left running.
+    out = tmp_path / "kill"
+    proc = launcher(out)
+    first_denoiser_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while processes_writing(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_writing(out) == []
+    with RunLock(out):  # free
+        pass
+    proc = subprocess.run([sys.executable, "-m", "udiff", *BASE[:-len(STEPS)], "--max-steps",
+                           "60", "--checkpoint-every", "3", "--batch-size", "16", "--lr", "2e-3",
+                           "--autoencoder-steps", "6", "--resume", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "continuing from" in proc.stderr, proc.stderr[-3000:]

@@ -5,6 +5,7 @@ period), exit 130/143 -- every process at the same step."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from ..run.checkpoints import Checkpointer, set_rng_state, snapshot
 from ..run.files import prepare_out
 from ..run.layout import CONFIG, RUN_FILE
 from .batches import Batches
+from .launch import LAUNCHER_PID
 from .setup import say
 
 # May change on resume: they neither touch the weights nor draw from the training RNG
@@ -27,6 +29,18 @@ from .setup import say
 OPERATIONAL = ("checkpoint_every", "keep_checkpoints", "grace_seconds", "max_nonfinite",
                "validate_every", "validate_per_label", "log_with", "fsdp")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie -- dead, not yet reaped -- does not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no /proc: the kill probe says it exists
+        return True
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,6 +80,8 @@ class Checkpointing:
         self.resume, self.overwrite = resume, overwrite
         self.checkpointer = Checkpointer(out, cfg.training.keep_checkpoints)
         self.interrupted = 0  # the signal number once SIGINT/SIGTERM arrived (agreed by all)
+        self.own_signal = 0  # the signal this process received itself
+        self._parent: int | None = None
         self.signalled_at: float | None = None
         self.save_seconds = 0.0  # how long the last checkpoint took (the grace estimate)
 
@@ -109,7 +125,11 @@ class Checkpointing:
     def due(self, step: int, last: int) -> bool:
         """After every optimizer step: a checkpoint now? With several processes they first agree
         on whether a signal arrived (one all-reduce), so that all stop at the same step."""
-        if self.accelerator.num_processes > 1:
+        several = self.accelerator.num_processes > 1
+        if (several or os.environ.get(LAUNCHER_PID)) and not self.interrupted and self.orphaned():
+            say("the launching process is gone: stopping as on SIGTERM")
+            self.interrupted, self.signalled_at = int(signal.SIGTERM), time.monotonic()
+        if several:
             flag = torch.tensor([self.interrupted], device=self.accelerator.device)
             self.interrupted = int(self.accelerator.reduce(flag, "max").item())
             if self.interrupted and self.signalled_at is None:
@@ -168,7 +188,18 @@ class Checkpointing:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def orphaned(self) -> bool:
+        """A worker whose parent (accelerate/torchrun) or ``udiff`` launcher is gone: it stops
+        as on SIGTERM, so that no orphan keeps the lock or writes to --out. Checked every step
+        (a syscall or two; a watchdog thread made the gloo workers abort at exit)."""
+        if self._parent is None:
+            self._parent = os.getppid()
+        launcher = int(os.environ.get(LAUNCHER_PID) or 0)
+        return os.getppid() != self._parent or bool(launcher and not alive(launcher))
+
     def _on_signal(self, signum, frame) -> None:
-        if self.interrupted:  # a second signal: stop now
+        if self.own_signal:  # a second signal to this process: stop now
             raise Interrupted(signum)
-        self.interrupted, self.signalled_at = signum, time.monotonic()
+        self.own_signal = signum  # (a peer's, agreed in due(), does not count as a first)
+        self.interrupted = self.interrupted or signum
+        self.signalled_at = self.signalled_at or time.monotonic()

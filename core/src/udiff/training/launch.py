@@ -6,6 +6,8 @@ On CPU, accelerate's ``--cpu --num_processes N`` starts a single process (its si
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import sys
 from ..errors import UdiffError
 
 OWN_FLAGS = {"--num-processes": 1}  # flag -> values it takes
+LAUNCHER_PID = "UDIFF_LAUNCHER_PID"  # the workers watch this process (see checkpointing)
 
 
 def free_port() -> int:
@@ -44,9 +47,34 @@ def command(argv: list[str], processes: int, mixed_precision: str) -> list[str]:
 
 
 def launch(argv: list[str], processes: int, mixed_precision: str) -> int:
+    """Run ``accelerate launch`` and wait for it. SIGINT/SIGTERM are forwarded to it (its torch
+    elastic agent passes them to every worker, which checkpoint and exit); the exit code is the
+    workers' 130/143. Killed outright, this process leaves no orphan: each worker watches its
+    pid and stops (checkpointing) once it is gone."""
     if processes < 1:
         raise UdiffError(f"--num-processes {processes}: must be at least 1")
-    code = subprocess.call(command(argv, processes, mixed_precision))
+    env = {**os.environ, LAUNCHER_PID: str(os.getpid())}
+    # Its own session: a terminal's Ctrl-C reaches this process only, and is forwarded once
+    # (twice would be "a second signal: stop now" in the workers).
+    child = subprocess.Popen(command(argv, processes, mixed_precision), env=env,
+                             start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        print(f"udiff: {signal.Signals(received[0]).name} forwarded to the {processes} "
+              "processes; see their lines above", file=sys.stderr)
+        return 128 + received[0]
     if code:
         raise UdiffError(f"training in {processes} processes failed (exit {code}; each process's "
                          "error is above)")
