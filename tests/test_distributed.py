@@ -53,7 +53,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
     assert run["processes"] == 2  # really two processes (accelerate: MULTI_CPU on gloo)
     # Stage 1 ran in both processes; its latent cache was written once and read by the other.
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
-        "0-autoencoder-000000003", "1-denoiser-000000003"]
+        "1-denoiser-000000003", "1-denoiser-000000006"]  # every run keeps its final state
 
     # One process, batch 16, the same autoencoder (so the same latents), the same seed.
     proc = run_udiff(*BASE, "--autoencoder", two, "--out", one)
@@ -66,6 +66,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(two, resumed)
     (resumed / "run.json").unlink()  # as if it had been stopped after the checkpoint
+    shutil.rmtree(resumed / "checkpoints" / "1-denoiser-000000006")
     for part in ("denoiser", "conditioner"):
         shutil.rmtree(resumed / part)
     proc = run_udiff(*BASE, "--autoencoder-steps", "6", "--resume", "--out", resumed)
@@ -147,6 +148,7 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
         resumed = tmp_path / name
         shutil.copytree(sharded, resumed)
         (resumed / "run.json").unlink()
+        shutil.rmtree(resumed / "checkpoints" / "1-denoiser-000000006")
         for part in ("denoiser", "conditioner"):
             shutil.rmtree(resumed / part)
         flags = ["--fsdp"] if name == "sharded" else []

@@ -166,10 +166,11 @@ KILL_IN_FSYNC = """
 import os, signal, sys
 import udiff.run.checkpoints as checkpoints
 real, calls = checkpoints._fsync, [0]
-def fsync(path):  # killed by the 25th fsync: inside the third checkpoint's write
+def fsync(path):  # signalled at the 25th fsync: inside the third checkpoint's write
     calls[0] += 1
     if calls[0] == 25:
-        os.kill(os.getpid(), signal.SIGKILL)
+        for _ in range(SIGNALS):
+            os.kill(os.getpid(), SIGNAL)
     real(path)
 checkpoints._fsync = fsync
 from udiff.cli import main
@@ -180,7 +181,8 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", KILL_IN_FSYNC, "train", *ARGS, "--out", str(out)],
+    script = KILL_IN_FSYNC.replace("SIGNALS", "1").replace("SIGNAL", "signal.SIGKILL")
+    proc = subprocess.run([sys.executable, "-c", script, "train", *ARGS, "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL
     torn = list((out / "checkpoints").glob(".tmp-*"))
@@ -190,6 +192,21 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_pa
     assert_checkpoints_load(out)
     finish_and_compare(out, reference)
     assert not list((out / "checkpoints").glob(".tmp-*"))  # the torn write is cleaned up
+
+
+@pytest.mark.slow
+def test_two_sigterms_during_a_checkpoint_write_keep_the_previous_one(reference, tmp_path):
+    """The second signal stops at once, in the middle of the write: the torn folder is never
+    taken for a checkpoint."""
+    out = tmp_path / "run"
+    script = KILL_IN_FSYNC.replace("SIGNALS", "2").replace("SIGNAL", "signal.SIGTERM")
+    proc = subprocess.run([sys.executable, "-c", script, "train", *ARGS, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert [p.name for p in Checkpointer(out).complete()] == [
+        "0-autoencoder-000000003", "0-autoencoder-000000006"]
+    assert_checkpoints_load(out)
+    finish_and_compare(out, reference)
 
 
 def test_incomplete_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
@@ -219,6 +236,25 @@ def test_resume_with_nothing_to_resume_starts_over(cli, tmp_path):
     assert "nothing to resume" in err and (out / "run.json").exists()
     cli.fails("train", *BASE, "--max-steps", "2", "--autoencoder-steps", "2", "--out", out,
               "--resume", match="already complete")
+
+
+@pytest.mark.slow
+def test_a_complete_run_trains_longer_as_if_started_with_more_steps(cli, tmp_path):
+    short, longer = tmp_path / "short", tmp_path / "long"
+    common = ["train", *BASE, "--autoencoder-steps", "4", "--checkpoint-every", "0"]
+    assert cli(*common, "--max-steps", "10", "--out", short)[0] == 0
+    assert json.loads((short / "run.json").read_text())["steps"]["denoiser"] == 10
+    cli.fails(*common, "--max-steps", "10", "--out", short, "--resume", match="already complete")
+    cli.fails(*common, "--max-steps", "16", "--lr", "3e-4", "--out", short, "--resume",
+              match="training.lr")
+    cli.fails(*common[:-4], "--autoencoder-steps", "6", "--checkpoint-every", "0",
+              "--max-steps", "16", "--out", short, "--resume", match="--autoencoder-steps")
+    code, _, err = cli(*common, "--max-steps", "16", "--out", short, "--resume")
+    assert code == 0 and "denoiser steps 10 -> 16" in err, err[-2000:]
+    assert json.loads((short / "run.json").read_text())["steps"]["denoiser"] == 16
+    assert cli(*common, "--max-steps", "16", "--out", longer)[0] == 0
+    ours, ref = weights(short), weights(longer)
+    assert max((ours[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
 
 
 def test_resume_with_another_config_is_refused(cli, reference, tmp_path):

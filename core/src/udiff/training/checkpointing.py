@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from ..config import TrainConfig, to_toml
 from ..errors import UdiffError
 from ..run.checkpoints import Checkpointer, set_rng_state, snapshot
-from ..run.files import prepare_out
+from ..run.files import atomic_write, prepare_out, read_json
 from ..run.layout import CONFIG, RUN_FILE
 from .batches import Batches
 from .launch import LAUNCHER_PID
@@ -51,10 +51,11 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
-def config_difference(cfg: TrainConfig, saved_toml: Path) -> str | None:
-    """The first field where ``cfg`` differs from a run's saved config.toml, if any."""
+def config_difference(cfg: TrainConfig, saved_toml: Path | None,
+                      text: str | None = None) -> str | None:
+    """The first field where ``cfg`` differs from a run's saved config.toml (or ``text``)."""
     try:
-        old = tomllib.loads(saved_toml.read_text())
+        old = tomllib.loads(text if text is not None else saved_toml.read_text())
     except (OSError, ValueError) as e:
         raise UdiffError(f"--resume: cannot read {saved_toml}: {e}") from None
     new = tomllib.loads(to_toml(cfg))
@@ -104,13 +105,14 @@ class Checkpointing:
             self.prepare_out(self.overwrite)
             return None
         saved = self.out / CONFIG
-        if (self.out / RUN_FILE).exists():
-            raise UdiffError(f"--resume: the run in {self.out} is already complete")
         if not saved.exists():
             self.prepare_out(False)
             say(f"--resume: nothing to resume in {self.out}; starting the run from the beginning")
             return None
         differs = config_difference(self.cfg, saved)
+        saved_steps = tomllib.loads(saved.read_text()).get("training", {}).get("max_steps")
+        if (self.out / RUN_FILE).exists() and self.finished_steps() >= (saved_steps or 0):
+            return self.extend(saved, differs)  # complete (else: a longer run, interrupted)
         if differs:
             raise UdiffError(f"--resume: the run in {self.out} was started with another "
                              f"configuration ({differs}); resume with the same flags or config")
@@ -122,9 +124,50 @@ class Checkpointing:
             say(f"--resume: continuing from {latest.name}")
         return latest
 
-    def due(self, step: int, last: int) -> bool:
+    def finished_steps(self) -> int:
+        """The denoiser steps the run's run.json says it finished (older runs: its config's)."""
+        run = read_json(self.out / RUN_FILE, f"run {self.out}")
+        if "steps" in run:
+            return run["steps"]["denoiser"]
+        return tomllib.loads((self.out / CONFIG).read_text())["training"]["max_steps"]
+
+    def extend(self, saved: Path, differs: str | None) -> Path:
+        """Train a complete run longer: a larger --max-steps and nothing else different
+        continues from the final checkpoint every run keeps, and ends as if it had been started
+        with the larger number (the LR is constant after warm-up; data order, noise and EMA
+        continue)."""
+        done, wanted = self.finished_steps(), self.cfg.training.max_steps
+        if differs is None or wanted <= done:
+            raise UdiffError(f"--resume: the run in {self.out} is already complete ({done} "
+                             "denoiser steps); a larger --max-steps trains it longer")
+        old = TrainConfig.model_validate(tomllib.loads(saved.read_text()))
+        if old.training.autoencoder_steps != self.cfg.training.autoencoder_steps:
+            raise UdiffError("--resume: --autoencoder-steps cannot grow on a complete run: its "
+                             "denoiser learnt the latents of the autoencoder it has; start a new "
+                             f"run with --autoencoder {self.out} and more --max-steps")
+        longer = old.model_copy(deep=True)
+        longer.training.max_steps = wanted
+        rest = config_difference(self.cfg, None, to_toml(longer))
+        if rest:
+            raise UdiffError(f"--resume: a complete run can only be trained longer (a larger "
+                             f"--max-steps); this differs too: {rest}")
+        final = self.checkpointer.latest()
+        state = Checkpointer.state(final) if final else {}
+        if state.get("stage") != "denoiser" or state.get("step") != done:
+            raise UdiffError(f"--resume: the run in {self.out} kept no final checkpoint "
+                             f"(trained before udiff kept one); train a new run instead")
+        if self.main:
+            atomic_write(saved, lambda p: p.write_text(to_toml(self.cfg)))
+        self.accelerator.wait_for_everyone()
+        say(f"--resume: training the complete run longer: denoiser steps {done} -> {wanted}, "
+            f"from {final.name}")
+        return final
+
+    def due(self, step: int, last: int, final: bool = False) -> bool:
         """After every optimizer step: a checkpoint now? With several processes they first agree
-        on whether a signal arrived (one all-reduce), so that all stop at the same step."""
+        on whether a signal arrived (one all-reduce), so that all stop at the same step.
+        ``final``: also at the last step (stage 2 keeps its final state: a run can be trained
+        longer)."""
         several = self.accelerator.num_processes > 1
         if (several or os.environ.get(LAUNCHER_PID)) and not self.interrupted and self.orphaned():
             say("the launching process is gone: stopping as on SIGTERM")
@@ -135,7 +178,8 @@ class Checkpointing:
             if self.interrupted and self.signalled_at is None:
                 self.signalled_at = time.monotonic()  # a peer got it: the grace from here
         every = self.cfg.training.checkpoint_every
-        return bool(self.interrupted) or (every > 0 and step % every == 0 and step < last)
+        return bool(self.interrupted) or (final and step == last) or (
+            every > 0 and step % every == 0 and step < last)
 
     def save(self, stage: str, step: int, modules: dict, optimizer, lr_scheduler,
              batches: Batches, ema=None, extra: dict | None = None) -> None:

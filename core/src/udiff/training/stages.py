@@ -184,7 +184,7 @@ def train_denoiser(run, stack, name: str, latents: torch.Tensor, labels: torch.T
             if validation and (training.steps % t.validate_every == 0
                                or training.steps == t.max_steps):
                 run.log(stage="validation", step=training.steps, **validation(training))
-            if run.checkpointing.due(training.steps, t.max_steps):
+            if run.checkpointing.due(training.steps, t.max_steps, final=True):
                 run.checkpointing.save("denoiser", training.steps, modules, training.optimizer,
                                        training.lr_scheduler, batches, training.ema,
                                        {"nonfinite": training.nonfinite})

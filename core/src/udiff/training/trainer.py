@@ -146,6 +146,8 @@ class Trainer:
             "context": stack.context.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
             "wall_seconds": seconds, "autoencoder": self.reconstruction,
             "parameters": self.parameters,
+            "steps": {"autoencoder": self.cfg.training.autoencoder_steps,
+                      "denoiser": self.cfg.training.max_steps},  # --resume compares (train longer)
             "processes": self.accelerator.num_processes,
             "distributed_type": self.accelerator.distributed_type.value,
         })
