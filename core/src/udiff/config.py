@@ -130,6 +130,12 @@ class SamplingConfig(Strict):
     scheduler: str | None = Field(None, description="Sampler; default: the training scheduler.")
     steps: int = Field(50, ge=1, le=1000, description="Sampling steps.")
     guidance: float = Field(3.0, ge=0, description="Classifier-free guidance scale (1 = off).")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="Guide only at noise levels t/T in [LO, HI] (1 = pure noise; "
+        "Kynkäänniemi et al. 2024); elsewhere the conditional prediction alone.")
+    guidance_rescale: float = Field(0.0, ge=0, le=1, description="Bring the guided "
+                                    "prediction's std back towards the conditional one's "
+                                    "(Lin et al. 2024); 0 = off.")
 
 
 class TrainConfig(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..plugins.defaults import SAMPLERS
-from .sample import add_sampling
+from .sample import add_sampling, guiding
 
 NAME = "eval"
 HELP = "label accuracy, FID/KID, diversity and autoencoder PSNR/SSIM of a run"
@@ -28,7 +28,7 @@ def main(args) -> int:
     from ..evaluation.evaluate import evaluate_run
 
     m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.steps, args.scheduler,
-                           args.guidance, args.seed, args.inception_weights)
+                           args.guidance, args.seed, args.inception_weights, **guiding(args))
     print(json.dumps({k: m[k] for k in ("label_accuracy", "reference_accuracy", "fid", "kid",
                                         "fid_features", "diversity", "real_diversity")}))
     print(f"metrics: {args.out}  picture: {args.out[:-5]}.png")

@@ -21,6 +21,26 @@ def add_sampling(p, steps, guidance, default_sampler: str = "the training schedu
                    help=f"{about['guidance']} (default: {guidance or default_sampler})")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the initial noise (default: 0)")
+    more = {k: fields[k].description.rstrip(".") for k in ("guidance_interval",
+                                                             "guidance_rescale")}
+    p.add_argument("--guidance-interval", metavar="LO,HI",
+                   help=f"{more['guidance_interval']} (default: everywhere)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, metavar="X",
+                   help=f"{more['guidance_rescale']} (default: 0)")
+
+
+def guiding(args) -> dict:
+    """``--guidance-interval``/``--guidance-rescale`` as sampling keyword arguments."""
+    from ..sampling.guidance import parse_interval
+
+    try:
+        interval = parse_interval(args.guidance_interval)
+    except ValueError as e:
+        raise UdiffError(f"--guidance-interval {args.guidance_interval}: LO,HI with "
+                         f"0 <= LO <= HI <= 1 ({e})") from None
+    if not 0 <= args.guidance_rescale <= 1:
+        raise UdiffError(f"--guidance-rescale {args.guidance_rescale}: must be in [0, 1]")
+    return {"guidance_interval": interval, "guidance_rescale": args.guidance_rescale}
 
 
 def add_arguments(p) -> None:
@@ -54,13 +74,14 @@ def main(args) -> int:
     from ..images import grid
     from ..sampling import load
 
+    options = guiding(args)
     pipe = load(args.run_dir, device=args.device)
     if args.compile:
         pipe.compile()
     labels = parse_labels(args.labels, pipe.label_names) if args.labels else list(
         range(len(pipe.label_names)))
     images, _ = pipe.sample_tensor(labels, args.per_label, args.steps, args.guidance, args.seed,
-                                   args.scheduler, progress=True)
+                                   args.scheduler, progress=True, **options)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UdiffError(f"--out {out}: must be a .png file")

@@ -46,8 +46,9 @@ def check_out(out: str | Path) -> Path:
 
 def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, steps: int | None = None,
                  scheduler: str | None = None, guidance: float | None = None, seed: int = 0,
-                 inception: str | Path | None = None,
-                 progress: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor]:
+                 inception: str | Path | None = None, progress: bool = True,
+                 guidance_interval: tuple[float, float] | None = None,
+                 guidance_rescale: float = 0.0) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Write ``out`` (metrics JSON) and the PNG beside it; returns the metrics and the generated
     images ``[N, C, H, W]`` with their labels ``[N]``."""
     start = time.time()
@@ -65,7 +66,9 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
 
     classifier, reference_accuracy = train_reference(data, seed=cfg.training.seed, progress=progress)
     images, labels = pipe.sample_tensor(range(len(data.label_names)), per_label, steps, guidance,
-                                        seed, sampler, progress=progress)
+                                        seed, sampler, progress=progress,
+                                        guidance_interval=guidance_interval,
+                                        guidance_rescale=guidance_rescale)
     label_accuracy, per = accuracy(classifier, images, labels)
 
     features = inception_net or ClassifierFeatures(classifier)
@@ -93,7 +96,8 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
         "autoencoder": reconstruction(pipe.autoencoder, (held or data).images) | {
             "held_out": held is not None},
         "settings": {"per_label": per_label, "steps": steps, "scheduler": sampler,
-                     "guidance": guidance, "seed": seed, "real_images": len(data),
+                     "guidance": guidance, "guidance_interval": guidance_interval,
+                     "guidance_rescale": guidance_rescale, "seed": seed, "real_images": len(data),
                      "inception_weights": str(weights) if weights else None},
         "seconds": round(time.time() - start, 1),
     }

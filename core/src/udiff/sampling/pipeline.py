@@ -18,6 +18,7 @@ from ..run.files import read_json
 from ..run.layout import RUN_FILE
 from ..schedulers import Scheduler
 from ..weights import lora
+from . import guidance as guiding
 
 
 class Pipeline:
@@ -100,9 +101,10 @@ class Pipeline:
 
     def denoise(self, labels: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
                 scheduler: Scheduler, generator: torch.Generator | None = None,
-                progress: bool = False) -> torch.Tensor:
-        """Latents ``[B, c, h, w]`` from initial ``noise`` of the same shape."""
-        loop = Denoising(self, labels, noise, steps, guidance, scheduler, generator)
+                progress: bool = False, **options) -> torch.Tensor:
+        """Latents ``[B, c, h, w]`` from initial ``noise`` of the same shape; ``options``:
+        ``interval``, ``rescale`` (:mod:`udiff.sampling.guidance`)."""
+        loop = Denoising(self, labels, noise, steps, guidance, scheduler, generator, **options)
         for t in tqdm(loop.timesteps, desc="sampling", leave=False, disable=not progress):
             loop.step(t)
         return loop.x
@@ -113,8 +115,11 @@ class Pipeline:
 
     def sample_tensor(self, labels, per_label: int = 8, steps: int = 50, guidance: float = 3.0,
                       seed: int = 0, scheduler: str | None = None, batch: int = 256,
-                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major."""
+                      progress: bool = False, guidance_interval: tuple[float, float] | None = None,
+                      guidance_rescale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major.
+        ``guidance_interval``: guidance only for ``t / T`` in ``(lo, hi)``; ``guidance_rescale``:
+        0..1 (:mod:`udiff.sampling.guidance`)."""
         labels = self.check_labels(labels).repeat_interleave(per_label)
         sched = self.scheduler(scheduler)
         # Noise as diffusers' randn_tensor draws it on CPU: one generator, whole batch shape.
@@ -123,14 +128,17 @@ class Pipeline:
         out = []
         for i in tqdm(range(0, len(labels), batch), desc="sampling", disable=not progress):
             lat = self.denoise(labels[i:i + batch], noise[i:i + batch], steps, guidance, sched,
-                               generator=gen)
+                               generator=gen, interval=guidance_interval,
+                               rescale=guidance_rescale)
             out.append(self.decode(lat).cpu())
         return torch.cat(out), labels
 
     def sample(self, labels, per_label: int = 8, steps: int = 50, guidance: float = 3.0,
-               seed: int = 0, scheduler: str | None = None):
-        """PIL images, ``per_label`` for each label in order."""
-        return to_pil(self.sample_tensor(labels, per_label, steps, guidance, seed, scheduler)[0])
+               seed: int = 0, scheduler: str | None = None, **options):
+        """PIL images, ``per_label`` for each label in order; ``options``: ``guidance_interval``,
+        ``guidance_rescale`` (as :meth:`sample_tensor`)."""
+        return to_pil(self.sample_tensor(labels, per_label, steps, guidance, seed, scheduler,
+                                         **options)[0])
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
@@ -142,9 +150,13 @@ class Denoising:
     steps (the server cancels one request out of a batch). :meth:`Pipeline.denoise` runs it."""
 
     def __init__(self, pipe: Pipeline, labels: torch.Tensor, noise: torch.Tensor, steps: int,
-                 guidance: float, scheduler: Scheduler, generator: torch.Generator | None = None):
+                 guidance: float, scheduler: Scheduler, generator: torch.Generator | None = None,
+                 interval: tuple[float, float] | None = None, rescale: float = 0.0):
         self.pipe, self.guidance, self.scheduler, self.generator = pipe, guidance, scheduler, \
             generator
+        self.interval, self.rescale = interval, rescale
+        # the scale of t: noise-level fractions t / T (1 = pure noise) choose the interval
+        self.train_timesteps = getattr(scheduler.config, "num_train_timesteps", 1000)
         if pipe.adapter is not None:
             lora.activate(pipe.denoiser, pipe.adapter)
         scheduler.set_timesteps(steps, device=pipe.device)
@@ -155,18 +167,21 @@ class Denoising:
     @torch.no_grad()
     def _condition(self, labels: torch.Tensor) -> None:
         self.labels = labels  # [B]
-        cfg = self.guidance != 1.0
-        ids = torch.cat([labels, self.pipe.conditioner.null(len(labels))]) if cfg else labels
-        self.cond = self.pipe.conditioner(ids.to(self.pipe.device))  # [2B or B, ...]
+        conditioner, device = self.pipe.conditioner, self.pipe.device
+        self.cond = conditioner(labels.to(device))  # [B, ...]: the conditional pass alone
+        self.pair = conditioner(torch.cat([labels, conditioner.null(len(labels))]).to(device)) \
+            if self.guidance != 1.0 else None  # [2B, ...]: conditional, then unconditional
 
     @torch.no_grad()
     def step(self, t: torch.Tensor) -> None:
-        x, cfg = self.x, self.guidance != 1.0
-        inp = self.scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)  # [2B, ...]
-        out = self.pipe.denoiser(inp, t.expand(len(inp)), self.cond)[:, : x.shape[1]]
+        x = self.x
+        cfg = self.pair is not None and guiding.active(t, self.train_timesteps, self.interval)
+        inp = self.scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)  # [2B|B, ...]
+        out = self.pipe.denoiser(inp, t.expand(len(inp)), self.pair if cfg else self.cond)
+        out = out[:, : x.shape[1]]
         if cfg:
             c, u = out.chunk(2)  # [B, ...] each
-            out = u + self.guidance * (c - u)
+            out = guiding.guide(c, u, self.guidance, self.rescale)
         self.x = self.scheduler.step(out, t, x, generator=self.generator)
 
     def keep(self, rows: torch.Tensor) -> None:

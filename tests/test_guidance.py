@@ -1,0 +1,69 @@
+"""Guidance interval and guidance rescale: the math on known tensors, then through sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import udiff
+from udiff.sampling.guidance import active, guide, parse_interval
+
+
+def test_guide_is_cfg_and_rescale_restores_the_conditional_std():
+    cond = torch.tensor([[1.0, 3.0, 5.0, 7.0], [0.0, 0.0, 2.0, 2.0]])  # [B=2, 4]
+    uncond = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    plain = guide(cond, uncond, 3.0)
+    assert torch.equal(plain[0], torch.tensor([1.0, 7.0, 13.0, 19.0]))  # u + 3 (c - u)
+    assert torch.equal(guide(cond, uncond, 3.0, rescale=0.0), plain)
+    full = guide(cond, uncond, 3.0, rescale=1.0)
+    # per sample: the guided prediction scaled to the conditional one's std (here 1/3 of it)
+    assert torch.allclose(full, plain * (cond.std(1, keepdim=True) / plain.std(1, keepdim=True)))
+    assert torch.allclose(full.std(1), cond.std(1))
+    half = guide(cond, uncond, 3.0, rescale=0.5)
+    assert torch.allclose(half, 0.5 * full + 0.5 * plain)
+    assert torch.equal(guide(cond, uncond, 1.0), cond)  # scale 1: the conditional prediction
+
+
+def test_interval_is_on_the_normalised_noise_level():
+    assert active(torch.tensor(999), 1000, None)
+    assert active(torch.tensor(500), 1000, (0.2, 0.7))
+    assert not active(torch.tensor(900), 1000, (0.2, 0.7))
+    assert not active(torch.tensor(100), 1000, (0.2, 0.7))
+    assert parse_interval("0.1,0.8") == (0.1, 0.8) and parse_interval(None) is None
+    for bad in ("0.8,0.1", "-1,0.5", "0.5", "a,b"):
+        with pytest.raises(ValueError):
+            parse_interval(bad)
+
+
+def test_sampling_with_an_interval_and_rescale(tiny_run, monkeypatch):
+    pipe = udiff.load(tiny_run)
+    args = ([0, 3], 2, 6, 4.0, 5, "dpm++")
+    plain = pipe.sample_tensor(*args)[0]
+    assert torch.equal(pipe.sample_tensor(*args, guidance_interval=(0.0, 1.0))[0], plain)
+    assert torch.equal(pipe.sample_tensor(*args, guidance_rescale=0.0)[0], plain)
+    # An empty interval never guides: the same as guidance 1 (and one pass per step, not two).
+    rows = []
+    forward = pipe.denoiser.forward
+    monkeypatch.setattr(pipe.denoiser, "forward", lambda x, *a, **k: rows.append(len(x))
+                        or forward(x, *a, **k))
+    never = pipe.sample_tensor(*args, guidance_interval=(0.0, 0.0))[0]
+    assert set(rows) == {4}  # 4 images, no unconditional half
+    unguided = pipe.sample_tensor([0, 3], 2, 6, 1.0, 5, "dpm++")[0]
+    assert torch.allclose(never, unguided, atol=1e-6)
+    rows.clear()
+    partly = pipe.sample_tensor(*args, guidance_interval=(0.5, 1.0))[0]
+    assert 4 in rows and 8 in rows  # guided at high noise only
+    assert not torch.allclose(partly, plain) and not torch.allclose(partly, unguided)
+    rescaled = pipe.sample_tensor(*args, guidance_rescale=0.7)[0]
+    assert (rescaled - plain).abs().max() > 1e-3
+
+
+def test_cli_flags(cli, tiny_run, tmp_path):
+    code, _, err = cli("sample", tiny_run, "--labels", "1", "--per-label", "2", "--steps", "4",
+                       "--guidance-interval", "0.2,0.9", "--guidance-rescale", "0.5", "--out",
+                       tmp_path / "g.png")
+    assert code == 0, err
+    cli.fails("sample", tiny_run, "--guidance-interval", "0.9,0.1", "--out", tmp_path / "x.png",
+              match="--guidance-interval")
+    cli.fails("sample", tiny_run, "--guidance-rescale", "2", "--out", tmp_path / "x.png",
+              match="--guidance-rescale")
