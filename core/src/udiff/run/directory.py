@@ -18,7 +18,18 @@ from ..plugins import Component
 from ..version import __version__
 from ..weights import lora
 from .files import atomic_write, read_json, write_json
-from .layout import ADAPTER, COMPONENT_CONFIG, WEIGHTS
+from .layout import ADAPTER, COMPONENT_CONFIG, RUN_FILE, WEIGHTS
+
+
+def complete_run(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or one line if it is missing or training did not finish."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UdiffError(f"run directory {run_dir} does not exist")
+    if not (run_dir / RUN_FILE).is_file():
+        raise UdiffError(f"run directory {run_dir} is incomplete (no {RUN_FILE}: training did "
+                         "not finish)")
+    return run_dir
 
 
 def save_component(folder: Path, comp: Component, config: BaseModel, module: nn.Module | None,

@@ -13,7 +13,7 @@ from ..context import Context
 from ..errors import UdiffError
 from ..images import to_pil
 from ..plugins.assembly import assemble
-from ..run.directory import Shared, component_of, load_component, loader
+from ..run.directory import Shared, complete_run, component_of, load_component, loader
 from ..run.files import read_json
 from ..run.layout import RUN_FILE
 from ..schedulers import Scheduler
@@ -46,12 +46,7 @@ class Pipeline:
     def from_run(cls, run_dir: str | Path, device: str = "cpu",
                  shared: Shared | None = None) -> Pipeline:
         """``shared``: reuse modules other runs loaded already (see :class:`Shared`)."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise UdiffError(f"run directory {run_dir} does not exist")
-        if not (run_dir / RUN_FILE).is_file():
-            raise UdiffError(f"run directory {run_dir} is incomplete (no {RUN_FILE}: training "
-                             "did not finish)")
+        run_dir = complete_run(run_dir)
         run = read_json(run_dir / RUN_FILE, f"run {run_dir}")
         ctx = Context(**run["context"])  # holds the latent shape already
         autoencoder, ae_meta = load_component(run_dir / "autoencoder", "autoencoder", ctx, shared)

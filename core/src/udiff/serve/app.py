@@ -27,11 +27,12 @@ def error(e: ApiError) -> JSONResponse:
 async def parse(request: Request, service: Service) -> GenerateRequest:
     """The body as a :class:`GenerateRequest`; too large, malformed or invalid: the field named."""
     limit = service.limits.max_body_bytes
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise ApiError(400, "body_too_large", f"the body is over {limit} bytes", "body")
+    too_large = ApiError(400, "body_too_large", f"the body is over {limit} bytes", "body")
+    if int(request.headers.get("content-length") or 0) > limit:  # before reading it
+        raise too_large
     raw = await request.body()
-    if len(raw) > limit:
-        raise ApiError(400, "body_too_large", f"the body is over {limit} bytes", "body")
+    if len(raw) > limit:  # a chunked body says no length
+        raise too_large
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:

@@ -23,6 +23,7 @@ class Job:
         self.work, self.sync = work, sync
         self.status, self.step, self.error = "queued", 0, None
         self.images = None  # [N, C, H, W] in [-1, 1] once succeeded
+        self.result: dict | None = None  # its response body, built on first read
         self.batch_images = 0
         self.cancel_requested = threading.Event()
         self.fetched = False  # an async result was read at least once (drain waits for it)

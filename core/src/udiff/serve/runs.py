@@ -16,8 +16,8 @@ from .. import plugins
 from ..config import resolve
 from ..errors import UdiffError
 from ..plugins import defaults
-from ..run.directory import Shared
-from ..run.layout import CONFIG, RUN_FILE
+from ..run.directory import Shared, complete_run
+from ..run.layout import CONFIG
 from ..sampling.pipeline import Pipeline
 from .schema import ApiError, GenerateRequest, Limits, Work
 
@@ -83,13 +83,8 @@ class ServedRun:
 
 def check(dirs: list[str | Path]) -> list[Path]:
     """The run folders, or one line on the first that cannot be served (before any loading)."""
-    paths, names = [Path(d) for d in dirs], {}
+    paths, names = [complete_run(d) for d in dirs], {}
     for path in paths:
-        if not path.is_dir():
-            raise UdiffError(f"run directory {path} does not exist")
-        if not (path / RUN_FILE).is_file():
-            raise UdiffError(f"run directory {path} is incomplete (no {RUN_FILE}: training did "
-                             "not finish)")
         name = path.resolve().name
         if name in names:
             raise UdiffError(f"runs {names[name]} and {path} are both named {name!r}: each run "

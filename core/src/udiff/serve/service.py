@@ -78,6 +78,12 @@ class Service:
         return out
 
     def result(self, job: Job) -> dict:
+        """The succeeded job's response, encoded once (clients poll; PNGs are not re-encoded)."""
+        if job.result is None:
+            job.result = self._encode(job)
+        return job.result
+
+    def _encode(self, job: Job) -> dict:
         w, names = job.work, self.runs[job.work.run].pipe.label_names
         return {"run": w.run, "seed": w.seed, "steps": w.steps, "sampler": w.sampler,
                 "guidance": w.guidance, "images": [
