@@ -107,16 +107,34 @@ def dit_source():
     return dit
 
 
-def test_dit_from_an_official_state_dict_reuses_its_label_table(cli, tmp_path, tiny_run):
+def test_dit_from_an_official_state_dict_equals_the_reference_forward(cli, tmp_path, tiny_run):
+    """facebookresearch/DiT weights give exactly the reference forward (its timestep convention
+    recorded in the run), with the reference's class table as udiff's label conditioner."""
     installed("dit")
-    source = dit_source()
-    table = torch.randn(11, 64)  # 10 classes + the null class, last: facebookresearch/DiT's layout
-    torch.save(source.state_dict() | {"y_embedder.embedding_table.weight": table},
-               tmp_path / "DiT-tiny.pt")
+    from reference_dit import ReferenceDiT
+
+    torch.manual_seed(3)
+    source = ReferenceDiT(channels=4, size=8, patch=2, hidden=64, depth=2, heads=4).eval()
+    for name, p in source.named_parameters():  # DiT zero-initialises its modulation: make every
+        if p.requires_grad:  # weight count (not the fixed sine-cosine positions)
+            p.data.normal_(0, 0.05)
+    torch.save(source.state_dict(), tmp_path / "DiT-tiny.pt")
     pipe, err = init_run(cli, tmp_path, tiny_run, "dit", tmp_path / "DiT-tiny.pt", "--preset", "tiny")
     assert "label table reused" in err
-    assert torch.equal(pipe.conditioner.embedding.weight, table)
-    same_outputs(pipe.denoiser, source, pipe.conditioner(torch.tensor([1, 9])))
+    assert torch.equal(pipe.conditioner.embedding.weight, source.y_embedder.embedding_table.weight)
+    recorded = json.loads((tmp_path / "init-dit" / "denoiser" / "config.json").read_text())
+    assert recorded["config"]["timestep_convention"] == "official"
+    torch.manual_seed(0)
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0, 10, 700]), torch.tensor([1, 9, 10])
+    with torch.no_grad():
+        want = source(x, t, y)  # y = 10: the null class, as classifier-free guidance asks for it
+        got = pipe.denoiser(x, t, pipe.conditioner(y))
+        assert (got - want).abs().max() <= 1e-5
+        pipe.denoiser.t_embedder.shift = 1  # diffusers' convention on the same weights: not equal
+        assert (pipe.denoiser(x, t, pipe.conditioner(y)) - want).abs().max() > 1e-3
+    code, _, err = cli("export", tmp_path / "init-dit", "--scheduler", "ddim", "--out", tmp_path / "e")
+    assert code == 0, err
+    assert "facebookresearch/DiT's timestep frequencies" in err and "differ from udiff's" in err
 
 
 def test_dit_from_a_diffusers_folder_inverts_the_export(cli, tmp_path, tiny_run):
@@ -129,6 +147,8 @@ def test_dit_from_a_diffusers_folder_inverts_the_export(cli, tmp_path, tiny_run)
     to_diffusers(source, conditioner).save_pretrained(tmp_path / "transformer")
     pipe, err = init_run(cli, tmp_path, tiny_run, "dit", tmp_path / "transformer", "--preset", "tiny")
     assert "not reused" in err  # 1000 classes in the diffusers table, 10 labels here
+    recorded = json.loads((tmp_path / "init-dit" / "denoiser" / "config.json").read_text())
+    assert recorded["config"]["timestep_convention"] == "diffusers"
     same_outputs(pipe.denoiser, source, pipe.conditioner(torch.tensor([0, 4])))
 
 

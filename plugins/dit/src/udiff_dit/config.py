@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -15,6 +17,10 @@ class DiTConfig(BaseModel):
     mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width / token width.")
     learn_sigma: bool = Field(True, description="Also predict the variance (output channels x2), "
                               "as in the paper; udiff trains and samples the mean half.")
+    timestep_convention: Literal["diffusers", "official"] = Field(
+        "diffusers", description="Sinusoidal timestep frequencies exp(-ln(1e4) i / n): n = half "
+        "- 1 (diffusers' DiTTransformer2DModel, what `udiff export` writes) or n = half "
+        "(facebookresearch/DiT; set when --init-from reads its state dict).")
 
 
 # The paper's variant table (facebookresearch/DiT DiT_models): name -> (depth, hidden, heads).

@@ -27,21 +27,22 @@ def modulate(x, shift, scale):  # x: [B, N, D]; shift, scale: [B, D]
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps [B] -> [B, D]: sinusoidal frequencies (cos first) then a 2-layer MLP.
 
-    Frequencies are exp(-ln(1e4) * i / (half - 1)): diffusers' convention for DiT
-    (``downscale_freq_shift=1``), where the reference code divides by ``half``. The weights are
-    the same either way; matching diffusers makes the export sample identically."""
+    Frequencies are exp(-ln(1e4) * i / (half - shift)): shift 1 is diffusers' convention for DiT
+    (``downscale_freq_shift=1``, what the export runs), shift 0 facebookresearch/DiT's. The
+    weights are the same either way; the outputs are not, so the config records which."""
 
-    def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
+    def __init__(self, hidden_size: int, frequency_size: int = 256, shift: int = 1) -> None:
         super().__init__()
-        self.frequency_size = frequency_size
+        self.frequency_size, self.shift = frequency_size, shift
         self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(),
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_size // 2
-        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / (half - 1))
+        i = torch.arange(half, device=t.device)  # [half]
+        freqs = torch.exp(-math.log(10_000) * i / (half - self.shift))  # [half]
         args = t.float()[:, None] * freqs[None]  # [B, half]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # [B, D]
 
 
 class DiTBlock(nn.Module):
@@ -102,9 +103,11 @@ class DiT(nn.Module):
         self.in_channels, self.patch_size = channels, config.patch_size
         self.out_channels = channels * 2 if config.learn_sigma else channels
         self.cond_dim = config.hidden_size
+        self.timestep_convention = config.timestep_convention
         self.x_embedder = PatchEmbed(size, config.patch_size, channels, config.hidden_size,
                                      bias=True, strict_img_size=False)
-        self.t_embedder = TimestepEmbedder(config.hidden_size)
+        self.t_embedder = TimestepEmbedder(
+            config.hidden_size, shift=int(config.timestep_convention == "diffusers"))
         n = self.x_embedder.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, n, config.hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList(DiTBlock(config.hidden_size, config.num_heads,

@@ -42,7 +42,8 @@ def read_official(path, config, context) -> dict:
     if "x_embedder.proj.weight" not in state:
         raise NotThisFormat("no x_embedder.proj.weight: not facebookresearch/DiT's names")
     table = state.pop("y_embedder.embedding_table.weight", None)
-    return {"options": architecture(state, config, path), "state": state, "label_table": table}
+    options = architecture(state, config, path) | {"timestep_convention": "official"}
+    return {"options": options, "state": state, "label_table": table}
 
 
 def read_diffusers(path, config, context) -> dict:
@@ -66,7 +67,8 @@ def read_diffusers(path, config, context) -> dict:
     hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     grid = cfg["sample_size"] // cfg["patch_size"]
     state["pos_embed"] = torch.from_numpy(sincos_pos_embed(hidden, grid)).float()[None]
-    options = architecture(state, config, path) | {"num_heads": cfg["num_attention_heads"]}
+    options = architecture(state, config, path) | {"num_heads": cfg["num_attention_heads"],
+                                                   "timestep_convention": "diffusers"}
     table = src[emb + "class_embedder.embedding_table.weight"]  # [1001, D], null at 1000
     return {"options": options, "state": state,
             "label_table": torch.cat([table[:NULL_CLASS], table[NULL_CLASS:NULL_CLASS + 1]])}
