@@ -155,7 +155,9 @@ FLAGS = {
     "demo": "--backbone --preset --seed --out --overwrite",
 }
 # Flags added since, each by an issue that asked for it (17: serve, bench serve).
-ADDED = {"bench": "--strict target --concurrency --seconds", "train": "--grace-seconds",
+ADDED = {"bench": "--strict target --concurrency --seconds "
+                  "--scales --intervals --per-label",  # 19: bench guidance
+         "train": "--grace-seconds",
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale"}
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "

@@ -31,6 +31,11 @@ def test_demo_meets_target(tmp_path, backbone):
     assert metrics["fid_features"] == "reference_classifier"  # no Inception weights offline
     assert metrics["fid_real_vs_real"] < metrics["fid"] and metrics["kid_real_vs_real"] < metrics["kid"]
     assert metrics["autoencoder"]["held_out"] and metrics["autoencoder"]["psnr"] > 30, metrics
+    # Issue 19: one objective for every backbone, close to the data, and no near-copies.
+    assert metrics["demo"]["objective"] == "flow" and metrics["trained_with"] == "flow"
+    assert metrics["fid"] <= 30, metrics
+    for space in ("features", "pixels"):
+        assert metrics["memorization"][space]["near_copy_share"] <= 0.05, metrics["memorization"]
     # Not one sample per label (feature-space diversity; measured 0.61 DiT, 0.81 Flux, 0.96 UNet).
     assert metrics["diversity"] >= 0.5 * metrics["real_diversity"], metrics
     for picture in ("samples.png", "metrics.png"):

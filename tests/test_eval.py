@@ -85,13 +85,20 @@ def test_folder_dataset_with_inception_features(cli, tmp_path):
     pytest.importorskip("torch_fidelity")
     data = write_folder(tmp_path / "users")
     run = tmp_path / "run"
-    assert cli("train", "--data", data, "--backbone", "unet", *TINY, "--out", run)[0] == 0
+    code, _, err = cli("train", "--data", data, "--backbone", "unet", *TINY, "--out", run)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "fewer than 100 images" in line] == [
+        "udiff: warning: 3 label(s) have fewer than 100 images: user0 (12), user1 (12), user2 (12);"
+        " samples may copy training images: check `udiff eval`'s memorization (README: "
+        "Memorisation)"]
     weights = inception_file(tmp_path / "inception.pth")
     m = evaluate(cli, run, tmp_path / "m.json", "--inception-weights", weights)
     assert m["fid_features"] == "inception" and m["settings"]["inception_weights"] == str(weights)
     assert set(m["label_accuracy_per_label"]) == {"user0", "user1", "user2"}
     assert m["reference_accuracy"] == 1.0  # colours separate the users: the classifier works
     assert m["settings"]["real_images"] == 36 and m["fid"] > m["fid_real_vs_real"]
+    assert set(m["memorization"]["features"]["near_copy_share_per_label"]) == {
+        "user0", "user1", "user2"}  # in the same (Inception) features as FID
 
 
 def test_eval_bad_input_is_one_line(cli, tiny_run, tmp_path):

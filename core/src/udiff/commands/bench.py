@@ -9,8 +9,10 @@ HELP = "benchmark every installed backbone (pytest-benchmark)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("target", nargs="*", metavar="serve RUN_DIR", help="`serve RUN_DIR`: the "
-                   "load benchmark of `udiff serve` on that run instead (serve.json/md/png)")
+    p.add_argument("target", nargs="*", metavar="serve RUN_DIR | guidance RUN_DIR...",
+                   help="`serve RUN_DIR`: the load benchmark of `udiff serve` on that run "
+                   "instead (serve.json/md/png); `guidance RUN_DIR...`: guidance scale x "
+                   "interval on those runs (guidance.json/md/png)")
     p.add_argument("--backbones", metavar="LIST",
                    help="comma-separated (default: every installed backbone)")
     p.add_argument("--preset", metavar="NAME",
@@ -27,6 +29,13 @@ def add_arguments(p) -> None:
                    help="bench serve: concurrent clients per point (default: 1,4,16,64)")
     p.add_argument("--seconds", type=float, default=10.0, metavar="S",
                    help="bench serve: length of each point (default: 10; --quick: 2)")
+    p.add_argument("--scales", metavar="LIST", default="1,1.5,2,3,4",
+                   help="bench guidance: guidance scales (default: 1,1.5,2,3,4)")
+    p.add_argument("--intervals", metavar="LIST", default="0-1,0.2-0.8,0-0.6",
+                   help="bench guidance: guidance intervals LO-HI on t/T, 1 = pure noise "
+                   "(default: 0-1,0.2-0.8,0-0.6)")
+    p.add_argument("--per-label", type=int, default=30, metavar="N",
+                   help="bench guidance: samples per label (default: 30, as udiff eval)")
     p.add_argument("--strict", action="store_true", help="exit 2 when a ratio falls outside its "
                    "bound (report.md's bound column, what CI holds; the report is written first)")
 
@@ -35,6 +44,8 @@ def main(args) -> int:
     from ..bench import run as bench
     from ..errors import UdiffError
 
+    if args.target[:1] == ["guidance"]:
+        return guidance(args)
     if args.target:
         return serve(args)
 
@@ -56,7 +67,7 @@ def serve(args) -> int:
 
     if args.target[0] != "serve" or len(args.target) != 2:
         raise UdiffError(f"udiff bench: unknown target {' '.join(args.target)!r}; "
-                         "the one target is: serve RUN_DIR")
+                         "the targets are: serve RUN_DIR, guidance RUN_DIR...")
     try:
         levels = tuple(int(c) for c in args.concurrency.split(","))
     except ValueError:
@@ -74,4 +85,29 @@ def serve(args) -> int:
                if not (v >= t if op == ">=" else v <= t)]
     if args.strict and outside:
         raise UdiffError(f"--strict: {'; '.join(outside)}")
+    return 0
+
+
+def guidance(args) -> int:
+    from ..bench import guidance as sweep
+    from ..errors import UdiffError
+    from ..sampling.guidance import parse_interval
+
+    if len(args.target) < 2:
+        raise UdiffError("udiff bench guidance: give at least one RUN_DIR")
+    try:
+        scales = tuple(float(s) for s in args.scales.split(","))
+    except ValueError:
+        raise UdiffError(f"--scales {args.scales}: comma-separated numbers") from None
+    try:
+        intervals = tuple(parse_interval(iv.replace("-", ",")) for iv in args.intervals.split(","))
+    except ValueError:
+        raise UdiffError(f"--intervals {args.intervals}: comma-separated LO-HI with "
+                         "0 <= LO <= HI <= 1") from None
+    if min(scales) < 1 or args.per_label < 2:
+        raise UdiffError("--scales: each at least 1; --per-label: at least 2")
+    result = sweep.run(args.target[1:], args.out, scales, intervals, args.per_label,
+                       overwrite=args.overwrite)
+    print(f"{len(result['rows'])} settings; report: {args.out}/guidance.md  "
+          f"{args.out}/guidance.png  {args.out}/guidance.json")
     return 0

@@ -29,7 +29,9 @@ def main(args) -> int:
 
     m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.steps, args.scheduler,
                            args.guidance, args.seed, args.inception_weights, **guiding(args))
+    copies = {f"near_copies_{space}": m["memorization"][space]["near_copy_share"]
+              for space in ("features", "pixels")}
     print(json.dumps({k: m[k] for k in ("label_accuracy", "reference_accuracy", "fid", "kid",
-                                        "fid_features", "diversity", "real_diversity")}))
-    print(f"metrics: {args.out}  picture: {args.out[:-5]}.png")
+                                        "fid_features", "diversity", "real_diversity")} | copies))
+    print(f"metrics: {args.out}  pictures: {args.out[:-5]}.png {args.out[:-5]}-memorization.png")
     return 0

@@ -21,6 +21,7 @@ from ..plugins import defaults
 from ..run.files import write_json
 from ..run.layout import CONFIG
 from ..sampling import load
+from .memorization import memorization, pairs_picture
 from .quality import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -44,67 +45,99 @@ def check_out(out: str | Path) -> Path:
     return out
 
 
+class Judge:
+    """A run, its images, the reference classifier and the real images' features: built once,
+    then ``score`` any number of sample sets (``udiff eval`` scores one, the sweep many)."""
+
+    def __init__(self, run_dir: str | Path, seed: int = 0, inception: str | Path | None = None,
+                 progress: bool = True, scheduler: str | None = None,
+                 guidance: float | None = None) -> None:
+        self.weights = inception_weights(inception)
+        inception_net = InceptionFeatures(self.weights) if self.weights else None  # fails here
+        self.run_dir, self.seed, self.pipe = run_dir, seed, load(run_dir)
+        self.sampler_name, self.guidance = self.sampler(scheduler, guidance)  # before any work
+        self.cfg = resolve(Path(run_dir) / CONFIG)
+        self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
+                                         self.cfg.data.channels)
+        self.classifier, self.reference_accuracy = train_reference(
+            data, seed=self.cfg.training.seed, progress=progress)
+        self.features = inception_net or ClassifierFeatures(self.classifier)
+        self.real = embed(self.features, data.images)  # [N_real, F]
+        half_a, half_b = datasets.split_indices(data.labels, 0.5, seed)
+        self.floor = fid_kid(self.real[half_a], self.real[half_b], seed)  # two halves of the real
+
+    def sampler(self, scheduler: str | None, guidance: float | None) -> tuple[str, float]:
+        """(sampler, guidance): the given ones, else the run's family defaults."""
+        sampler, guidance = defaults.sampler(self.pipe.scheduler_name, scheduler, guidance)
+        self.pipe.scheduler(sampler)  # a sampler of another family fails here, before any work
+        return sampler, guidance
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
+        """Accuracy, FID/KID, diversity and memorisation of ``images [N, C, H, W]`` with their
+        ``labels [N]`` -> (metrics, the closest sample/training pairs)."""
+        data, names, real = self.data, self.data.label_names, self.real
+        label_accuracy, per = accuracy(self.classifier, images, labels)
+        fake = embed(self.features, images)  # [N, F]
+        overall = fid_kid(real, fake, self.seed)
+        per_label = {names[k]: fid_kid(real[data.labels == k], fake[labels == k], self.seed)
+                     for k in range(len(names))}
+        copies, pairs = memorization(data.images, real, data.labels, images, fake, labels, names)
+        return {
+            "label_accuracy": label_accuracy,
+            "label_accuracy_per_label": {names[k]: v for k, v in per.items()},
+            "reference_accuracy": self.reference_accuracy,
+            "fid": overall["fid"], "kid": overall["kid"], "kid_std": overall["kid_std"],
+            "fid_features": self.features.name,
+            "fid_per_label": {k: v["fid"] for k, v in per_label.items()},
+            "kid_per_label": {k: v["kid"] for k, v in per_label.items()},
+            "fid_real_vs_real": self.floor["fid"], "kid_real_vs_real": self.floor["kid"],
+            "diversity": diversity(fake, labels), "real_diversity": diversity(real, data.labels),
+            "memorization": copies,
+        }, pairs
+
+
 def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, steps: int | None = None,
                  scheduler: str | None = None, guidance: float | None = None, seed: int = 0,
                  inception: str | Path | None = None, progress: bool = True,
                  guidance_interval: tuple[float, float] | None = None,
                  guidance_rescale: float = 0.0) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Write ``out`` (metrics JSON) and the PNG beside it; returns the metrics and the generated
-    images ``[N, C, H, W]`` with their labels ``[N]``."""
+    """Write ``out`` (metrics JSON) and two PNGs beside it (real vs generated; the 8 samples
+    closest to a training image); returns the metrics and the generated images
+    ``[N, C, H, W]`` with their labels ``[N]``."""
     start = time.time()
     out = check_out(out)
     if per_label < 2:
         raise UdiffError("--per-label must be at least 2 (FID needs two samples per set)")
-    weights = inception_weights(inception)
-    inception_net = InceptionFeatures(weights) if weights else None  # bad weights fail here
-    pipe = load(run_dir)
-    cfg = resolve(Path(run_dir) / CONFIG)
-    sampler, guidance = defaults.sampler(pipe.scheduler_name, scheduler, guidance)
-    pipe.scheduler(sampler)  # a sampler of another family fails here, before any work
-    steps = steps or cfg.sampling.steps
-    data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
-
-    classifier, reference_accuracy = train_reference(data, seed=cfg.training.seed, progress=progress)
-    images, labels = pipe.sample_tensor(range(len(data.label_names)), per_label, steps, guidance,
-                                        seed, sampler, progress=progress,
-                                        guidance_interval=guidance_interval,
-                                        guidance_rescale=guidance_rescale)
-    label_accuracy, per = accuracy(classifier, images, labels)
-
-    features = inception_net or ClassifierFeatures(classifier)
-    real, fake = embed(features, data.images), embed(features, images)
-    names = data.label_names
-    overall = fid_kid(real, fake, seed)
-    per_label_scores = {names[k]: fid_kid(real[data.labels == k], fake[labels == k], seed)
-                        for k in range(len(names))}
-    # The floor: two halves of the real images, in the same space.
-    half_a, half_b = datasets.split_indices(data.labels, 0.5, seed)
-    floor = fid_kid(real[half_a], real[half_b], seed)
-
+    judge = Judge(run_dir, seed, inception, progress, scheduler, guidance)
+    sampler, guidance = judge.sampler_name, judge.guidance
+    steps = steps or judge.cfg.sampling.steps
+    data, cfg = judge.data, judge.cfg
+    images, labels = judge.pipe.sample_tensor(range(len(data.label_names)), per_label, steps,
+                                              guidance, seed, sampler, progress=progress,
+                                              guidance_interval=guidance_interval,
+                                              guidance_rescale=guidance_rescale)
+    scores, pairs = judge.score(images, labels)
     _, held = datasets.autoencoder_split(data, cfg.training.autoencoder_holdout, cfg.training.seed)
     metrics = {
-        "run_dir": str(run_dir), "backbone": cfg.denoiser.name, "trained_with": pipe.scheduler_name,
-        "label_accuracy": label_accuracy,
-        "label_accuracy_per_label": {names[k]: v for k, v in per.items()},
-        "reference_accuracy": reference_accuracy,
-        "fid": overall["fid"], "kid": overall["kid"], "kid_std": overall["kid_std"],
-        "fid_features": features.name,
-        "fid_per_label": {k: v["fid"] for k, v in per_label_scores.items()},
-        "kid_per_label": {k: v["kid"] for k, v in per_label_scores.items()},
-        "fid_real_vs_real": floor["fid"], "kid_real_vs_real": floor["kid"],
-        "diversity": diversity(fake, labels), "real_diversity": diversity(real, data.labels),
-        "autoencoder": reconstruction(pipe.autoencoder, (held or data).images) | {
+        "run_dir": str(run_dir), "backbone": cfg.denoiser.name,
+        "trained_with": judge.pipe.scheduler_name, **scores,
+        "autoencoder": reconstruction(judge.pipe.autoencoder, (held or data).images) | {
             "held_out": held is not None},
         "settings": {"per_label": per_label, "steps": steps, "scheduler": sampler,
                      "guidance": guidance, "guidance_interval": guidance_interval,
                      "guidance_rescale": guidance_rescale, "seed": seed, "real_images": len(data),
-                     "inception_weights": str(weights) if weights else None},
+                     "inception_weights": str(judge.weights) if judge.weights else None},
         "seconds": round(time.time() - start, 1),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     picture(data, images, labels).save(out.with_suffix(".png"))
+    pairs_picture(pairs).save(memorization_png(out))
     write_json(out, metrics)
     return metrics, images, labels
+
+
+def memorization_png(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-memorization.png")
 
 
 def picture(data: datasets.LabelledImages, images: torch.Tensor, labels: torch.Tensor):

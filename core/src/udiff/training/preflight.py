@@ -22,7 +22,11 @@ from ..run.directory import component_of, load_component
 from ..run.files import prepare_out
 from ..weights import lora
 from .objective import check_prediction
-from .setup import check_batches, require_attention, require_tracker
+from .setup import check_batches, require_attention, require_tracker, say
+
+# Below this many images a label's samples risk being near-copies of its training images: 5 per
+# label trained long gives mostly copies, the digits (~180 per label) none (README: Memorisation).
+FEW_IMAGES = 100
 
 
 @dataclass
@@ -47,6 +51,7 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     require_tracker(cfg.training.log_with)
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
     check_batches(cfg.training, processes)
+    warn_few_images(data)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
     plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler)
@@ -57,6 +62,16 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     if not resume:
         prepare_out(out, overwrite, clear=False)
     return plan
+
+
+def warn_few_images(data: datasets.LabelledImages) -> None:
+    counts = torch.bincount(data.labels, minlength=len(data.label_names))  # [K]
+    few = [f"{data.label_names[k]} ({int(n)})" for k, n in enumerate(counts) if n < FEW_IMAGES]
+    if few:
+        more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+        say(f"warning: {len(few)} label(s) have fewer than {FEW_IMAGES} images: "
+            f"{', '.join(few[:5])}{more}; samples may copy training images: check `udiff eval`'s "
+            "memorization (README: Memorisation)")
 
 
 def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
