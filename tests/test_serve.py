@@ -21,8 +21,8 @@ from udiff.cli import main
 pytest.importorskip("fastapi")
 
 
-def library(run, labels, per_label, steps, guidance, seed, sampler) -> np.ndarray:
-    images = udiff.load(run).sample(labels, per_label, steps, guidance, seed, sampler)
+def library(run, labels, per_label, steps, guidance, seed, sampler, **guiding) -> np.ndarray:
+    images = udiff.load(run).sample(labels, per_label, steps, guidance, seed, sampler, **guiding)
     return np.stack([np.asarray(im) for im in images])
 
 
@@ -58,6 +58,21 @@ def test_alone_and_batched_results_equal_the_librarys(live, tiny_run):
         assert status == 200, result
         close(decode(result), library(tiny_run, b["labels"], b["per_label"], 6, 4.0, b["seed"],
                                       "dpm++"))
+
+    # Guidance interval and rescale (issue 19): equal to the library's, alone and batched with
+    # plain requests (different options: different batches, each equal).
+    bodies = [{"labels": [4], "per_label": 2, "steps": 6, "guidance": 4.0, "seed": 7,
+               "guidance_interval": [0.2, 0.8], "guidance_rescale": 0.7},
+              {"labels": [4], "per_label": 2, "steps": 6, "guidance": 4.0, "seed": 7}]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda b: live.call("POST", "/v1/generate", b), bodies))
+    guided, plain = (decode(r[2]) for r in results)
+    assert results[0][2]["guidance_interval"] == [0.2, 0.8]
+    assert results[0][2]["guidance_rescale"] == 0.7
+    close(guided, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++", guidance_interval=(0.2, 0.8),
+                          guidance_rescale=0.7))
+    close(plain, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++"))
+    assert np.abs(guided.astype(int) - plain.astype(int)).max() > 1  # the options did something
 
     # DDPM draws noise at each step: its requests run alone, from their own generator.
     ddpm = [{"labels": [2], "per_label": 2, "steps": 5, "sampler": "ddpm", "seed": s}
@@ -145,6 +160,9 @@ def test_a_queued_job_is_cancelled_without_running(live):
     ({"labels": [0], "guidance": -1}, 422, "invalid_value", "guidance"),
     ({"labels": [0], "guidance": 50}, 422, "out_of_range", "guidance"),
     ({"labels": [0], "seed": -3}, 422, "invalid_value", "seed"),
+    ({"labels": [0], "guidance_interval": [0.8, 0.2]}, 422, "out_of_range", "guidance_interval"),
+    ({"labels": [0], "guidance_interval": [0.5]}, 422, "invalid_value", "guidance_interval"),
+    ({"labels": [0], "guidance_rescale": 2}, 422, "invalid_value", "guidance_rescale"),
     ({"labels": [0], "stepz": 3}, 422, "invalid_value", "stepz"),
     (b"{not json", 400, "malformed_json", "body"),
     (b"[1, 2]", 422, "invalid_value", "body"),

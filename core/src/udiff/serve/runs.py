@@ -75,10 +75,15 @@ class ServedRun:
             self.pipe.scheduler(sampler)  # unknown, or of the other objective family
         except UdiffError as e:
             raise ApiError(422, "unknown_sampler", str(e), "sampler") from None
+        interval = req.guidance_interval
+        if interval is not None and not 0 <= interval[0] <= interval[1] <= 1:
+            raise ApiError(422, "out_of_range", f"guidance_interval {list(interval)} needs "
+                           "0 <= lo <= hi <= 1", "guidance_interval")
         seed = req.seed if req.seed is not None else random.randrange(2**31)
         per_image = tuple(x for x in labels for _ in range(req.per_label))
         return Work(self.name, per_image, req.per_label, steps, sampler, guidance, seed,
-                    plugins.get("scheduler", sampler).meta.stochastic)
+                    plugins.get("scheduler", sampler).meta.stochastic, interval,
+                    req.guidance_rescale)
 
 
 def check(dirs: list[str | Path]) -> list[Path]:

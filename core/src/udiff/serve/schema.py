@@ -35,6 +35,11 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, description="Sampling steps (default: the run's).")
     sampler: str | None = Field(None, description="A scheduler of the run's objective family.")
     guidance: float | None = Field(None, ge=0, description="Classifier-free guidance (1 = off).")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="[lo, hi]: guide only where t/T lies in it (1 = pure noise); "
+        "default: every step.")
+    guidance_rescale: float = Field(0.0, ge=0, le=1, description="Rescale the guided "
+                                    "prediction's std toward the conditional one's (0 = off).")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the initial noise; "
                              "absent: a random one, echoed back.")
 
@@ -51,6 +56,8 @@ class Work:
     guidance: float
     seed: int
     stochastic: bool  # the sampler draws noise during its steps: never batched with another
+    interval: tuple[float, float] | None = None
+    rescale: float = 0.0
 
     @property
     def images(self) -> int:
@@ -58,7 +65,7 @@ class Work:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys may share a denoiser batch (the run fixes the LoRA adapter)."""
-        return self.run, self.steps, self.sampler, self.guidance
+        return self.run, self.steps, self.sampler, self.guidance, self.interval, self.rescale
 
 
 class ApiError(Exception):

@@ -86,7 +86,8 @@ class Service:
     def _encode(self, job: Job) -> dict:
         w, names = job.work, self.runs[job.work.run].pipe.label_names
         return {"run": w.run, "seed": w.seed, "steps": w.steps, "sampler": w.sampler,
-                "guidance": w.guidance, "images": [
+                "guidance": w.guidance, "guidance_interval": w.interval,
+                "guidance_rescale": w.rescale, "images": [
                     {"label": label, "label_name": names[label], "png_base64": png_base64(im)}
                     for label, im in zip(w.labels, to_pil(job.images), strict=True)],
                 "timing": job.timing()}

@@ -76,7 +76,7 @@ class Worker:
             job.start(size)
         self.batches, self.batched_images = self.batches + 1, self.batched_images + size
         loop = Denoising(pipe, labels, noise, first.steps, first.guidance, scheduler,
-                         generators[0] if first.stochastic else None)
+                         generators[0] if first.stochastic else None, first.interval, first.rescale)
         active = jobs
         for i, t in enumerate(loop.timesteps):
             gone = [j for j in active if j.cancel_requested.is_set()]
