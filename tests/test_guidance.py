@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from PIL import Image
 
 import udiff
 from udiff.sampling.guidance import active, guide, parse_interval
@@ -67,3 +70,38 @@ def test_cli_flags(cli, tiny_run, tmp_path):
               match="--guidance-interval")
     cli.fails("sample", tiny_run, "--guidance-rescale", "2", "--out", tmp_path / "x.png",
               match="--guidance-rescale")
+
+
+def test_bench_guidance_sweeps_scale_by_interval(cli, tiny_run, tmp_path):
+    """`udiff bench guidance`: one row per (scale, interval), scale 1 once (it is unguided
+    whatever the interval), each row the same numbers `udiff eval` gives for that setting."""
+    out = tmp_path / "sweep"
+    code, stdout, err = cli("bench", "guidance", tiny_run, "--scales", "1,3",
+                            "--intervals", "0-1,0.2-0.8", "--per-label", "3", "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "guidance.json").read_text())
+    got = [(r["guidance"], r["interval"]) for r in result["rows"]]
+    assert got == [(1.0, [0.0, 1.0]), (3.0, [0.0, 1.0]), (3.0, [0.2, 0.8])]
+    assert "3 settings" in stdout and "interval [0.2, 0.8]" in err  # progress, a line a setting
+    assert (out / "guidance.md").read_text().count("\n| unet |") == 3
+    with Image.open(out / "guidance.png") as im:
+        assert im.width > 200
+    code, _, err = cli("eval", tiny_run, "--per-label", "3", "--guidance", "3",
+                       "--guidance-interval", "0.2,0.8", "--out", tmp_path / "m.json")
+    assert code == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["fid"] == result["rows"][2]["fid"] and m["label_accuracy"] == result["rows"][2][
+        "label_accuracy"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["guidance"], "at least one RUN_DIR"),
+    (["guidance", "RUN", "--scales", "1,x"], "--scales"),
+    (["guidance", "RUN", "--scales", "0.5"], "at least 1"),
+    (["guidance", "RUN", "--intervals", "0.9-0.1"], "--intervals"),
+    (["guidance", "RUN", "--per-label", "1"], "--per-label"),
+])
+def test_bench_guidance_bad_input_is_one_line(cli, tiny_run, tmp_path, argv, match):
+    argv = [str(tiny_run) if a == "RUN" else a for a in argv]
+    cli.fails("bench", *argv, "--out", tmp_path / "g", match=match)
+    assert not (tmp_path / "g").exists()
