@@ -33,6 +33,8 @@ def test_demo_meets_target(tmp_path, backbone):
     assert metrics["autoencoder"]["held_out"] and metrics["autoencoder"]["psnr"] > 30, metrics
     # Issue 19: one objective for every backbone, close to the data, and no near-copies.
     assert metrics["demo"]["objective"] == "flow" and metrics["trained_with"] == "flow"
+    assert metrics["settings"]["guidance"] == 2 and metrics["settings"]["guidance_interval"] == [
+        0.2, 0.8]  # chosen from the guidance sweep
     assert metrics["fid"] <= 30, metrics
     for space in ("features", "pixels"):
         assert metrics["memorization"][space]["near_copy_share"] <= 0.05, metrics["memorization"]

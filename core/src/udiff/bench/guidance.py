@@ -9,6 +9,7 @@ Writes guidance.json, guidance.md (the table) and guidance.png (accuracy against
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def run(run_dirs: list[str], out: str | Path, scales=SCALES, intervals=INTERVALS
                          "seconds": round(time.time() - start, 1)})
             if progress:
                 r = rows[-1]
-                print(f"{r['backbone']} guidance {scale} interval {interval}: accuracy "
-                      f"{r['label_accuracy']:.3f} FID {r['fid']:.1f}", flush=True)
+                print(f"udiff bench guidance: {r['backbone']} guidance {scale:g} interval "
+                      f"{fmt_interval(interval)}: accuracy {r['label_accuracy']:.3f} FID "
+                      f"{r['fid']:.1f}", file=sys.stderr, flush=True)
     result = {"machine": machine(), "per_label": per_label, "seed": seed,
               "fid_features": judges[0].features.name, "rows": rows}
     write_json(out / "guidance.json", result)
@@ -80,6 +82,7 @@ def chart(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     runs = list(dict.fromkeys(r["run"] for r in result["rows"]))
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.6),
@@ -95,6 +98,8 @@ def chart(result: dict, path: Path) -> None:
                 ax.annotate(f"{r['guidance']:g}", (r["fid"], r["label_accuracy"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # 2x10^0 ... overlapped
         ax.set_xlabel("FID (lower is better)")
         ax.set_ylabel("label accuracy")
         ax.set_title(f"{rows[0]['backbone']} ({rows[0]['trained_with']})", fontsize=10)
