@@ -115,7 +115,7 @@ def test_dit_from_an_official_state_dict_equals_the_reference_forward(cli, tmp_p
 
     torch.manual_seed(3)
     source = ReferenceDiT(channels=4, size=8, patch=2, hidden=64, depth=2, heads=4).eval()
-    for name, p in source.named_parameters():  # DiT zero-initialises its modulation: make every
+    for p in source.parameters():  # DiT zero-initialises its modulation: make every
         if p.requires_grad:  # weight count (not the fixed sine-cosine positions)
             p.data.normal_(0, 0.05)
     torch.save(source.state_dict(), tmp_path / "DiT-tiny.pt")

@@ -85,9 +85,8 @@ def chart(result: dict, path: Path) -> None:
     from matplotlib import ticker
 
     runs = list(dict.fromkeys(r["run"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.6),
-                             squeeze=False)
-    for ax, run in zip(axes[0], runs):
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
         rows = [r for r in result["rows"] if r["run"] == run]
         unguided = [r for r in rows if r["guidance"] == 1]
         for i, iv in enumerate(dict.fromkeys(tuple(r["interval"]) for r in rows)):

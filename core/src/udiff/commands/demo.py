@@ -52,7 +52,7 @@ def run(backbone: str = "unet", out: str | Path = "demo-run", preset: str | None
     s = cfg.sampling
     metrics, images, labels = evaluate_run(
         run_dir, out / "metrics.json", PER_LABEL, s.steps, s.scheduler,
-        s.guidance if "guidance" in s.model_fields_set else None, seed, progress=progress,
+        s.guidance, seed, progress=progress,
         guidance_interval=s.guidance_interval, guidance_rescale=s.guidance_rescale)
     keep = [i for i in range(len(labels)) if i % PER_LABEL < 10]  # 10 per row in the picture
     grid(images[keep], rows=int(labels.max()) + 1).save(out / "samples.png")

@@ -21,7 +21,7 @@ from ..plugins import defaults
 from ..run.files import write_json
 from ..run.layout import CONFIG
 from ..sampling import load
-from .memorization import memorization, pairs_picture
+from .memorization import NearCopies, pairs_picture
 from .quality import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -55,7 +55,9 @@ class Judge:
         self.weights = inception_weights(inception)
         inception_net = InceptionFeatures(self.weights) if self.weights else None  # fails here
         self.run_dir, self.seed, self.pipe = run_dir, seed, load(run_dir)
-        self.sampler_name, self.guidance = self.sampler(scheduler, guidance)  # before any work
+        self.sampler_name, self.guidance = defaults.sampler(self.pipe.scheduler_name, scheduler,
+                                                            guidance)
+        self.pipe.scheduler(self.sampler_name)  # another family's sampler fails here, before work
         self.cfg = resolve(Path(run_dir) / CONFIG)
         self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
                                          self.cfg.data.channels)
@@ -65,12 +67,8 @@ class Judge:
         self.real = embed(self.features, data.images)  # [N_real, F]
         half_a, half_b = datasets.split_indices(data.labels, 0.5, seed)
         self.floor = fid_kid(self.real[half_a], self.real[half_b], seed)  # two halves of the real
-
-    def sampler(self, scheduler: str | None, guidance: float | None) -> tuple[str, float]:
-        """(sampler, guidance): the given ones, else the run's family defaults."""
-        sampler, guidance = defaults.sampler(self.pipe.scheduler_name, scheduler, guidance)
-        self.pipe.scheduler(sampler)  # a sampler of another family fails here, before any work
-        return sampler, guidance
+        self.real_diversity = diversity(self.real, data.labels)
+        self.copies = NearCopies(data.images, self.real, data.labels, data.label_names)
 
     def score(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
         """Accuracy, FID/KID, diversity and memorisation of ``images [N, C, H, W]`` with their
@@ -81,7 +79,7 @@ class Judge:
         overall = fid_kid(real, fake, self.seed)
         per_label = {names[k]: fid_kid(real[data.labels == k], fake[labels == k], self.seed)
                      for k in range(len(names))}
-        copies, pairs = memorization(data.images, real, data.labels, images, fake, labels, names)
+        copies, pairs = self.copies.score(images, fake, labels)
         return {
             "label_accuracy": label_accuracy,
             "label_accuracy_per_label": {names[k]: v for k, v in per.items()},
@@ -91,7 +89,7 @@ class Judge:
             "fid_per_label": {k: v["fid"] for k, v in per_label.items()},
             "kid_per_label": {k: v["kid"] for k, v in per_label.items()},
             "fid_real_vs_real": self.floor["fid"], "kid_real_vs_real": self.floor["kid"],
-            "diversity": diversity(fake, labels), "real_diversity": diversity(real, data.labels),
+            "diversity": diversity(fake, labels), "real_diversity": self.real_diversity,
             "memorization": copies,
         }, pairs
 

@@ -34,44 +34,58 @@ def flat(images: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, C*H*W], R
     return images.flatten(1) / images[0].numel() ** 0.5
 
 
+class NearCopies:
+    """The real side, computed once per run: each space's real points and, per label, the
+    leave-one-out yardstick and its threshold; :meth:`score` then measures any sample set."""
+
+    def __init__(self, real_images, real_features, real_labels, names: list[str]) -> None:
+        self.images, self.labels, self.names = real_images, real_labels, names
+        self.members = [(real_labels == k).nonzero()[:, 0] for k in range(len(names))]  # [n_k]
+        self.spaces = {}
+        for space, real in (("features", real_features), ("pixels", flat(real_images))):
+            held = torch.cat([nearest(real[m], real[m], leave_one_out=True)[0]
+                              for m in self.members if len(m) >= 2])  # [M]; one image: no other
+            self.spaces[space] = (real, held, torch.quantile(held, PERCENTILE / 100).item())
+
+    def score(self, fake_images, fake_features, fake_labels) -> tuple[dict, dict]:
+        """-> (the ``memorization`` block of metrics.json, the closest pairs for the picture)."""
+        names = self.names
+        report, pairs = {"held_out": "leave-one-out (each training image against the others of "
+                         "its label)", "percentile": PERCENTILE}, None
+        for space, fake in (("features", fake_features), ("pixels", flat(fake_images))):
+            real, held, threshold = self.spaces[space]
+            fake_d = torch.full((len(fake),), float("inf"), dtype=torch.float64)  # [N] nearest
+            fake_match = torch.zeros(len(fake), dtype=torch.long)  # [N] its index in the real set
+            for k, mine in enumerate(self.members):
+                theirs = (fake_labels == k).nonzero()[:, 0]
+                if len(mine) and len(theirs):
+                    dist, idx = nearest(fake[theirs], real[mine])
+                    fake_d[theirs], fake_match[theirs] = dist, mine[idx]
+            copies = fake_d < threshold  # [N]
+            report[space] = {
+                "threshold": threshold,
+                "near_copy_share": copies.double().mean().item(),
+                "near_copy_share_per_label": {
+                    names[k]: copies[fake_labels == k].double().mean().item()
+                    for k in range(len(names)) if (fake_labels == k).any()},
+                "median_sample_distance": fake_d.median().item(),
+                "median_real_distance": held.median().item(),
+            }
+            if space == "pixels":
+                order = fake_d.argsort()[:SHOWN]
+                pairs = {"samples": fake_images[order], "training": self.images[fake_match[order]],
+                         "distances": fake_d[order].tolist(),
+                         "labels": [names[int(fake_labels[i])] for i in order]}
+        report["closest"] = [{"label": label, "pixel_distance": d}
+                             for label, d in zip(pairs["labels"], pairs["distances"], strict=True)]
+        return report, pairs
+
+
 def memorization(real_images, real_features, real_labels, fake_images, fake_features, fake_labels,
                  names: list[str]) -> tuple[dict, dict]:
-    """-> (the ``memorization`` block of metrics.json, the closest pairs for the picture)."""
-    spaces = {"features": (real_features, fake_features),
-              "pixels": (flat(real_images), flat(fake_images))}
-    report, pairs = {"held_out": "leave-one-out (each training image against the others of its "
-                     "label)", "percentile": PERCENTILE}, None
-    for space, (real, fake) in spaces.items():
-        fake_d = torch.full((len(fake),), float("inf"), dtype=torch.float64)  # [N] nearest
-        fake_match = torch.zeros(len(fake), dtype=torch.long)  # [N] its index in the real set
-        held = []
-        for k in range(len(names)):
-            mine, theirs = (real_labels == k).nonzero()[:, 0], (fake_labels == k).nonzero()[:, 0]
-            if len(mine) >= 2:  # one image has no other to be compared with
-                held.append(nearest(real[mine], real[mine], leave_one_out=True)[0])
-            if len(mine) and len(theirs):
-                dist, idx = nearest(fake[theirs], real[mine])
-                fake_d[theirs], fake_match[theirs] = dist, mine[idx]
-        held = torch.cat(held)  # [M]
-        threshold = torch.quantile(held, PERCENTILE / 100).item()
-        copies = fake_d < threshold  # [N]
-        report[space] = {
-            "threshold": threshold,
-            "near_copy_share": copies.double().mean().item(),
-            "near_copy_share_per_label": {
-                names[k]: copies[fake_labels == k].double().mean().item()
-                for k in range(len(names)) if (fake_labels == k).any()},
-            "median_sample_distance": fake_d.median().item(),
-            "median_real_distance": held.median().item(),
-        }
-        if space == "pixels":
-            order = fake_d.argsort()[:SHOWN]
-            pairs = {"samples": fake_images[order], "training": real_images[fake_match[order]],
-                     "distances": fake_d[order].tolist(),
-                     "labels": [names[int(fake_labels[i])] for i in order]}
-    report["closest"] = [{"label": label, "pixel_distance": d}
-                         for label, d in zip(pairs["labels"], pairs["distances"])]
-    return report, pairs
+    """One sample set against one real set (see :class:`NearCopies`)."""
+    return NearCopies(real_images, real_features, real_labels, names).score(
+        fake_images, fake_features, fake_labels)
 
 
 def pairs_picture(pairs: dict):

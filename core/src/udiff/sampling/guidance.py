@@ -32,11 +32,15 @@ def active(t: torch.Tensor, train_timesteps: int, interval: tuple[float, float] 
     return interval[0] <= level <= interval[1]
 
 
+def valid_interval(interval: tuple[float, float]) -> bool:
+    return 0 <= interval[0] <= interval[1] <= 1
+
+
 def parse_interval(text: str | None) -> tuple[float, float] | None:
     """``"LO,HI"`` with 0 <= LO <= HI <= 1 (ValueError otherwise); None stays None."""
     if text is None:
         return None
     lo, hi = (float(x) for x in text.split(","))
-    if not 0 <= lo <= hi <= 1:
+    if not valid_interval((lo, hi)):
         raise ValueError("needs 0 <= LO <= HI <= 1")
     return lo, hi

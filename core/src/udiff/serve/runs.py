@@ -18,6 +18,7 @@ from ..errors import UdiffError
 from ..plugins import defaults
 from ..run.directory import Shared, complete_run
 from ..run.layout import CONFIG
+from ..sampling.guidance import valid_interval
 from ..sampling.pipeline import Pipeline
 from .schema import ApiError, GenerateRequest, Limits, Work
 
@@ -76,7 +77,7 @@ class ServedRun:
         except UdiffError as e:
             raise ApiError(422, "unknown_sampler", str(e), "sampler") from None
         interval = req.guidance_interval
-        if interval is not None and not 0 <= interval[0] <= interval[1] <= 1:
+        if interval is not None and not valid_interval(interval):
             raise ApiError(422, "out_of_range", f"guidance_interval {list(interval)} needs "
                            "0 <= lo <= hi <= 1", "guidance_interval")
         seed = req.seed if req.seed is not None else random.randrange(2**31)
