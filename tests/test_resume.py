@@ -136,17 +136,34 @@ def test_a_signal_in_stage_2_saves_exits_and_resumes_exactly(reference, tmp_path
     assert f"continuing from {saved.name}" in finish_and_compare(out, reference)
 
 
+SIGTERM_AT_STEP_5 = """
+import os, signal, sys
+import udiff.training.step as step
+real = step.DenoiserTraining.step
+def stepped(self, *batch, **kw):  # SIGTERM during stage-2 step 5: between checkpoints 3 and 6
+    loss = real(self, *batch, **kw)
+    if self.steps == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return loss
+step.DenoiserTraining.step = stepped
+from udiff.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_fit_the_grace_period_is_not_started(tmp_path):
+    """The signal is raised in-process between two regular checkpoints: sent from outside, it
+    could land inside a regular write that had already started (which then completes)."""
     out = tmp_path / "run"
-    proc = train_proc(out, "--grace-seconds", "0.001")  # less than any checkpoint write takes
-    wait_for_checkpoint(out, "denoiser", proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-800:]
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_AT_STEP_5, "train", *ARGS, "--out",
+                           str(out), "--grace-seconds", "0.001"],  # less than any write takes
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 143, proc.stderr[-800:]
+    err = proc.stderr
     assert "no checkpoint written" in err and "grace period" in err and "is kept" in err
     kept = Checkpointer(out).latest(warn=False)
-    assert Checkpointer.state(kept)["step"] % 3 == 0  # a regular one (every 3 steps)
+    assert kept.name == "1-denoiser-000000003"  # the regular one before the signal
     assert_checkpoints_load(out)
 
 
