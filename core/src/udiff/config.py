@@ -138,6 +138,17 @@ class SamplingConfig(Strict):
                                     "(Lin et al. 2024); 0 = off.")
 
 
+class DistillConfig(Strict):
+    """``udiff distill``: what the student learns from (issue 20; work in progress)."""
+
+    teacher: str = Field(description="The teacher run directory.")
+    teacher_sha256: str = Field(description="SHA-256 of the teacher's denoiser weights.")
+    steps: int = Field(4, ge=1, le=8, description="Sampling steps the student is trained for.")
+    guidance: float = Field(..., ge=1, description="The teacher's guidance, distilled in.")
+    teacher_steps: int = Field(20, ge=2, description="Steps of the teacher's guided samples.")
+    pairs: int = Field(1024, ge=16, description="Teacher (noise, sample) pairs to learn from.")
+
+
 class TrainConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     autoencoder: AutoencoderChoice = Field(default_factory=AutoencoderChoice)
@@ -148,6 +159,8 @@ class TrainConfig(Strict):
     conditioner: ConditionerChoice = Field(default_factory=ConditionerChoice)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    distill: DistillConfig | None = Field(None, description="Set by `udiff distill`: the "
+                                          "teacher and the distillation settings.")
 
 
 def read_file(path: str | Path) -> dict[str, Any]:

@@ -97,12 +97,15 @@ class Draws:
 
 def objective_loss(model: nn.Module, scheduler, x0: torch.Tensor, y: torch.Tensor,
                    offset_noise: float = 0.0, draws: Draws | None = None,
-                   null_label: int | None = None, label_dropout: float = 0.0):
+                   null_label: int | None = None, label_dropout: float = 0.0,
+                   noise: torch.Tensor | None = None):
     """Objective-agnostic: the scheduler supplies timesteps, noisy input and target; ``model`` is a
     :class:`Denoising`. Labels are replaced by ``null_label`` with probability ``label_dropout``
-    (classifier-free guidance)."""
+    (classifier-free guidance). ``noise`` ``[B, c, h, w]``: the batch's own noise (distillation
+    pairs: the noise the teacher started from) instead of a fresh draw."""
     draws = draws or Draws(device=x0.device)
-    noise = draws.normal(x0, x0.shape[1:])
+    if noise is None:
+        noise = draws.normal(x0, x0.shape[1:])
     if offset_noise:  # a constant per sample and channel: lets the model shift mean brightness
         noise = noise + offset_noise * draws.normal(x0, (x0.shape[1], *[1] * (x0.ndim - 2)))
     ts = draws.timesteps(scheduler, x0)

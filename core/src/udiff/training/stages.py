@@ -156,14 +156,16 @@ def encode(device, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def train_denoiser(run, stack, name: str, latents: torch.Tensor, labels: torch.Tensor,
-                   checkpoint: Path | None, validation: Validation | None = None) -> dict:
+                   checkpoint: Path | None, validation: Validation | None = None,
+                   noise: torch.Tensor | None = None) -> dict:
     """Stage 2: train ``stack``'s denoiser and conditioner in place; they end holding the EMA
-    weights. Returns the parameters the optimizer trained and all of them (run.json)."""
+    weights. Returns the parameters the optimizer trained and all of them (run.json).
+    ``noise`` ``[N, c, h, w]``: each latent's own noise (distillation pairs), batched with it."""
     cfg, acc, t = run.cfg, run.accelerator, run.cfg.training
     denoiser, conditioner = stack.denoiser, stack.conditioner
     training = DenoiserTraining(acc, denoiser, conditioner, stack.scheduler, t, name)
-    loader, gen = shuffled(torch.utils.data.TensorDataset(latents, labels), t.batch_size,
-                           t.seed + 2)
+    tensors = (latents, labels) if noise is None else (latents, labels, noise)
+    loader, gen = shuffled(torch.utils.data.TensorDataset(*tensors), t.batch_size, t.seed + 2)
     batches = Batches(acc.prepare(loader), gen, training.draws.streams)
     modules = {"denoiser": denoiser, "conditioner": conditioner}
     if checkpoint is not None:

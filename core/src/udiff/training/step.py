@@ -77,13 +77,16 @@ class DenoiserTraining:
         self.nonfinite = 0  # consecutive non-finite losses
         self.skipped = 0  # all skipped steps of this process
 
-    def step(self, x0: torch.Tensor, y: torch.Tensor) -> float | None:
-        """One micro-batch; returns the loss when it completed an optimizer step, else None
-        (accumulating, or a non-finite loss skipped: no update, counted)."""
+    def step(self, x0: torch.Tensor, y: torch.Tensor,
+             noise: torch.Tensor | None = None) -> float | None:
+        """One micro-batch (``noise``: its own, for distillation pairs); returns the loss when it
+        completed an optimizer step, else None (accumulating, or a non-finite loss skipped: no
+        update, counted)."""
         acc = self.accelerator
         with acc.accumulate(self.model):
             loss = objective.objective_loss(self.model, self.scheduler, x0, y, self.offset_noise,
-                                  self.draws, self.null_label, self.label_dropout)
+                                            self.draws, self.null_label, self.label_dropout,
+                                            noise)
             # The mean over processes: all of them skip a step if any loss is not finite.
             global_loss = acc.reduce(loss.detach().clone(), reduction="mean").item()
             if not math.isfinite(global_loss):
