@@ -147,6 +147,7 @@ class DistillConfig(Strict):
     guidance: float = Field(..., ge=1, description="The teacher's guidance, distilled in.")
     teacher_steps: int = Field(20, ge=2, description="Steps of the teacher's guided samples.")
     pairs: int = Field(1024, ge=16, description="Teacher (noise, sample) pairs to learn from.")
+    teacher_sampler: str = Field(description="The teacher's deterministic sampler.")
 
 
 class TrainConfig(Strict):

@@ -37,3 +37,43 @@ def teacher_pairs(pipe, count: int, steps: int, guidance: float, sampler: str | 
     x0 = torch.cat([pipe.denoise(labels[i:i + batch], z[i:i + batch], steps, guidance, sched,
                                  **guiding) for i in range(0, count, batch)])
     return z, x0, labels
+
+
+def student_config(teacher, steps: int, guidance: float | None = None,
+                   max_steps: int | None = None, lora_rank: int | None = None,
+                   pairs: int = 1024):
+    """The student's run config, from the teacher's: its autoencoder (stage 1 skipped), its
+    backbone and conditioner (initialised from its weights), its objective (noise teachers teach a
+    v-prediction student: an epsilon student cannot take one step), guidance off, K steps."""
+    from pathlib import Path
+
+    from .. import plugins
+    from ..config import resolve
+    from ..plugins import defaults
+    from ..run.directory import complete_run
+    from ..run.layout import CONFIG, WEIGHTS
+    from ..weights.lora import fingerprint
+
+    teacher = complete_run(teacher)
+    cfg = resolve(Path(teacher) / CONFIG)
+    plugins.get("denoiser", cfg.denoiser.name)  # an unknown backbone: one line naming it
+    trained = defaults.scheduler_choice(cfg)
+    sampler, g = defaults.sampler(trained.name, None, guidance)
+    options = dict(trained.options)
+    if defaults.family(trained.name) == "noise":
+        options["prediction_type"] = "v_prediction"
+    values = cfg.model_dump(mode="json", exclude_none=True)
+    values["autoencoder"] = {"from_run": str(Path(teacher).resolve())}
+    values["denoiser"].pop("init_from", None)
+    values["denoiser"].pop("lora", None)
+    if lora_rank:
+        values["denoiser"]["lora"] = {"rank": lora_rank}
+    values["scheduler"] = {"name": trained.name, "options": options}
+    values["conditioner"].setdefault("options", {})["dropout"] = 0.0  # never asked unconditioned
+    values["training"] |= {"max_steps": max_steps or 400, "lr": 5e-4, "warmup_steps": 0}
+    values["sampling"] = {"steps": steps, "guidance": 1.0}
+    values["distill"] = {"teacher": str(Path(teacher).resolve()), "steps": steps, "guidance": g,
+                         "teacher_sha256": fingerprint(Path(teacher) / "denoiser" / WEIGHTS),
+                         "teacher_steps": cfg.sampling.steps, "pairs": pairs,
+                         "teacher_sampler": sampler}
+    return resolve(None, values)
