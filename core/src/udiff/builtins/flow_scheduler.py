@@ -64,5 +64,19 @@ class FlowScheduler(Scheduler):
         return sample  # the flow-matching sampler has no input scaling
 
 
+class FewStepFlowScheduler(FlowScheduler):
+    """Euler on K evenly spaced noise levels 1, (K-1)/K, ..., 1/K, ending at 0: the schedule a
+    distilled student is trained on (``udiff distill``). diffusers' default spacing for K = 2 is
+    [1, 0.001]: its second step would do nothing."""
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        sigmas = [1 - i / num_inference_steps for i in range(num_inference_steps)]  # [K]
+        self.sampler.set_timesteps(sigmas=sigmas, device=device)
+
+
 def build(config: FlowConfig, context) -> FlowScheduler:
     return FlowScheduler(config, context)
+
+
+def few_step(config: FlowConfig, context) -> FewStepFlowScheduler:
+    return FewStepFlowScheduler(config, context)

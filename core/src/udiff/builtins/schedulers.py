@@ -51,3 +51,6 @@ def register_schedulers(register):
         register(name, NoiseScheduleConfig, f"udiff.builtins.noise_schedulers:{attr}",
                  family="noise", stochastic=name == "ddpm")  # DDPM adds noise at each step
     register("flow", FlowConfig, "udiff.builtins.flow_scheduler:build", family="flow")
+    # udiff distill's students: K evenly spaced deterministic steps (DDIM "trailing" samples
+    # noise-family students, v-prediction, on the same spacing).
+    register("few-step", FlowConfig, "udiff.builtins.flow_scheduler:few_step", family="flow")

@@ -71,9 +71,62 @@ def student_config(teacher, steps: int, guidance: float | None = None,
     values["scheduler"] = {"name": trained.name, "options": options}
     values["conditioner"].setdefault("options", {})["dropout"] = 0.0  # never asked unconditioned
     values["training"] |= {"max_steps": max_steps or 400, "lr": 5e-4, "warmup_steps": 0}
-    values["sampling"] = {"steps": steps, "guidance": 1.0}
+    few = "few-step" if defaults.family(trained.name) == "flow" else "ddim"
+    values["sampling"] = {"steps": steps, "guidance": 1.0, "scheduler": few}
     values["distill"] = {"teacher": str(Path(teacher).resolve()), "steps": steps, "guidance": g,
                          "teacher_sha256": fingerprint(Path(teacher) / "denoiser" / WEIGHTS),
                          "teacher_steps": cfg.sampling.steps, "pairs": pairs,
                          "teacher_sampler": sampler}
     return resolve(None, values)
+
+
+PAIRS = "pairs.safetensors"
+
+
+def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(teacher latents x0 [N, c, h, w], labels [N], noise z [N, c, h, w]): sampled by the main
+    process once and cached in the run (a resumed run reads them), the others read them."""
+    import safetensors.torch
+
+    from ..errors import UdiffError
+    from ..run.files import atomic_write
+    from ..run.layout import WEIGHTS
+    from ..sampling import load
+    from ..weights.lora import fingerprint
+    from .setup import say
+
+    d, path = cfg.distill, run.out / PAIRS
+    if run.main and not path.is_file():
+        from pathlib import Path
+
+        if fingerprint(Path(d.teacher) / "denoiser" / WEIGHTS) != d.teacher_sha256:
+            raise UdiffError(f"teacher {d.teacher} changed since this run began (SHA-256 of its "
+                             "denoiser weights differs)")
+        say(f"distill: {d.pairs} guided samples of the teacher ({d.teacher_steps} steps of "
+            f"{d.teacher_sampler}, guidance {d.guidance})")
+        teacher = load(d.teacher, run.accelerator.device)
+        z, x0, y = teacher_pairs(teacher, d.pairs, d.teacher_steps, d.guidance, d.teacher_sampler,
+                                 cfg.training.seed + 5)
+        atomic_write(path, lambda p: safetensors.torch.save_file(
+            {"x0": x0.contiguous(), "labels": y.contiguous(), "noise": z.contiguous()}, str(p)))
+    run.accelerator.wait_for_everyone()
+    cache = safetensors.torch.load_file(str(path))
+    return cache["x0"], cache["labels"], cache["noise"]
+
+
+def training_scheduler(scheduler, context, cfg) -> FewStepTimesteps:
+    """The run's scheduler drawing its training timesteps from the student's K sampling steps."""
+    from .. import plugins
+
+    comp = plugins.get("scheduler", cfg.sampling.scheduler)
+    sampler = comp.build(comp.make_config(options=scheduler.config.model_dump()), context)
+    return FewStepTimesteps(scheduler, sampler, cfg.distill.steps)
+
+
+def init_from_teacher(cfg, plan) -> None:
+    """The student starts as the teacher: its denoiser module (trainable) and conditioner state."""
+    from ..sampling import load
+
+    teacher = load(cfg.distill.teacher)
+    plan.init = {"module": teacher.denoiser.train().requires_grad_(True),
+                 "conditioner_state": teacher.conditioner.state_dict()}

@@ -80,6 +80,11 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
     ctx = plan.context
     if cfg.autoencoder.pretrained:
         plan.pretrained_autoencoder = pretrained.autoencoder(cfg.autoencoder.pretrained, ctx)
+    if cfg.distill:
+        from .distill import init_from_teacher
+
+        init_from_teacher(cfg, plan)
+        return
     den = cfg.denoiser
     if den.lora and not den.init_from:
         raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")

@@ -26,7 +26,7 @@ from ..run.lock import RunLock
 from ..sampling import Pipeline
 from ..version import __version__
 from ..weights import lora, sharding
-from . import preflight, stages
+from . import distill, preflight, stages
 from .checkpointing import Checkpointing
 from .preflight import Plan
 from .setup import make_accelerator, say
@@ -101,6 +101,9 @@ class Trainer:
                 self, plan, ctx, checkpoint if stage == "autoencoder" else None)
             latents, labels, scaling = stages.cache_latents(self, plan, autoencoder, ae_comp,
                                                             ae_cfg, scaling)
+        noise = None
+        if cfg.distill:  # the teacher's guided samples and their noise replace the data
+            latents, labels, noise = distill.pairs(self, cfg)
 
         set_seed(cfg.training.seed + 1)
         lo = cfg.denoiser.lora
@@ -111,6 +114,10 @@ class Trainer:
         stack = assemble(ctx, lambda c: adapted(initial(c)), plan.conditioner.build,
                          plan.scheduler.build, autoencoder=autoencoder)
         self.reuse_label_table(plan, stack.conditioner)
+        if plan.init and plan.init.get("conditioner_state"):  # udiff distill: the teacher's
+            stack.conditioner.load_state_dict(plan.init["conditioner_state"])
+        if cfg.distill:
+            stack.scheduler = distill.training_scheduler(stack.scheduler, stack.context, cfg)
         validation = None
         # Sharded modules can only sample in lock-step on every process; whole ones on the main.
         if cfg.training.validate_every and (self.main or cfg.training.fsdp):
@@ -121,7 +128,7 @@ class Trainer:
         comp = plan.denoiser.component
         self.parameters = stages.train_denoiser(
             self, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", latents, labels,
-            checkpoint if stage == "denoiser" else None, validation)
+            checkpoint if stage == "denoiser" else None, validation, noise)
         denoiser, conditioner = stack.denoiser, stack.conditioner
         if sharding.is_sharded(denoiser):  # whole modules for the main process to save
             denoiser = sharding.plain_copy(
