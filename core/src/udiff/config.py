@@ -148,6 +148,8 @@ class DistillConfig(Strict):
     teacher_steps: int = Field(20, ge=2, description="Steps of the teacher's guided samples.")
     pairs: int = Field(1024, ge=16, description="Teacher (noise, sample) pairs to learn from.")
     teacher_sampler: str = Field(description="The teacher's deterministic sampler.")
+    guidance_interval: tuple[float, float] | None = Field(None, description="The teacher's "
+                                                          "guidance interval, distilled in.")
 
 
 class TrainConfig(Strict):

@@ -58,6 +58,11 @@ def student_config(teacher, steps: int, guidance: float | None = None,
     cfg = resolve(Path(teacher) / CONFIG)
     plugins.get("denoiser", cfg.denoiser.name)  # an unknown backbone: one line naming it
     trained = defaults.scheduler_choice(cfg)
+    # config.toml writes every sampling field, so its guidance alone says nothing; an interval
+    # is only there when chosen (the demo), and then with its guidance.
+    own = cfg.sampling
+    if guidance is None and own.guidance_interval is not None:
+        guidance = own.guidance
     sampler, g = defaults.sampler(trained.name, None, guidance)
     options = dict(trained.options)
     if defaults.family(trained.name) == "noise":
@@ -76,7 +81,7 @@ def student_config(teacher, steps: int, guidance: float | None = None,
     values["distill"] = {"teacher": str(Path(teacher).resolve()), "steps": steps, "guidance": g,
                          "teacher_sha256": fingerprint(Path(teacher) / "denoiser" / WEIGHTS),
                          "teacher_steps": cfg.sampling.steps, "pairs": pairs,
-                         "teacher_sampler": sampler}
+                         "teacher_sampler": sampler, "guidance_interval": own.guidance_interval}
     return resolve(None, values)
 
 
@@ -106,7 +111,7 @@ def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             f"{d.teacher_sampler}, guidance {d.guidance})")
         teacher = load(d.teacher, run.accelerator.device)
         z, x0, y = teacher_pairs(teacher, d.pairs, d.teacher_steps, d.guidance, d.teacher_sampler,
-                                 cfg.training.seed + 5)
+                                 cfg.training.seed + 5, interval=d.guidance_interval)
         atomic_write(path, lambda p: safetensors.torch.save_file(
             {"x0": x0.contiguous(), "labels": y.contiguous(), "noise": z.contiguous()}, str(p)))
     run.accelerator.wait_for_everyone()
