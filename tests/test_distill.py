@@ -25,7 +25,7 @@ def test_student_is_closer_to_the_teacher_than_its_few_steps(cli, tmp_path, back
         pytest.skip(f"udiff-{backbone} is not installed")
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     code, _, err = cli("train", "--data", "digits", "--backbone", backbone, *TINY[:4],
-                       "--max-steps", "150", "--batch-size", "32", "--scheduler", objective,
+                       "--max-steps", "400", "--batch-size", "32", "--scheduler", objective,
                        "--out", teacher)
     assert code == 0, err
     code, _, err = cli("distill", teacher, "--steps", "2", "--guidance", "2", "--pairs", "128",
