@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..plugins.defaults import SAMPLERS
 from .sample import add_sampling, guiding
 
 NAME = "eval"
@@ -14,9 +13,7 @@ HELP = "label accuracy, FID/KID, diversity and autoencoder PSNR/SSIM of a run"
 def add_arguments(p) -> None:
     p.add_argument("run_dir", help="a trained run directory")
     p.add_argument("--per-label", type=int, default=30, help="samples per label (default: 30)")
-    per_family = "; ".join(f"{f}: {d['scheduler']} at CFG {d['guidance']:g}"
-                           for f, d in SAMPLERS.items())
-    add_sampling(p, None, None, per_family)
+    add_sampling(p)
     p.add_argument("--inception-weights", metavar="PATH",
                    help="FID Inception weights (torch-fidelity's file); default: torch.hub's "
                    "cache, else the reference classifier's features")

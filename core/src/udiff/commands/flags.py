@@ -55,6 +55,15 @@ TRAIN_FLAGS = (
               "validate_every", "log_with", "fsdp"),
 )
 
+# `udiff distill`: the student's training (the rest of its config comes from the teacher).
+DISTILL_FLAGS = (
+    Flag("--lora-rank", "denoiser.lora.rank", "R"),
+    Flag("--lora-targets", "denoiser.lora.targets", "LIST"),
+    *training("max_steps", "batch_size", "lr", "mixed_precision", "compile", "attention",
+              "device", "seed", "checkpoint_every", "keep_checkpoints", "grace_seconds",
+              "max_nonfinite", "log_with"),
+)
+
 
 def field(path: str) -> FieldInfo:
     """The pydantic field at ``path`` (through optional sub-models)."""

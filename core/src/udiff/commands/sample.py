@@ -9,16 +9,22 @@ NAME = "sample"
 HELP = "sample a PNG grid (a row per label) from a run"
 
 
-def add_sampling(p, steps, guidance, default_sampler: str = "the training scheduler") -> None:
-    """--steps, --scheduler, --guidance, --seed; help read from :class:`SamplingConfig`."""
+def add_sampling(p) -> None:
+    """--steps, --scheduler, --guidance, --seed, the guidance options; help read from
+    :class:`SamplingConfig`; the defaults are the run's own (``defaults.run_sampling``)."""
+    from ..plugins.defaults import SAMPLERS
+
     fields = SamplingConfig.model_fields
     about = {k: fields[k].description.rstrip(".") for k in ("steps", "guidance")}
-    p.add_argument("--steps", type=int, default=steps, metavar="N",
-                   help=f"{about['steps']} (default: {steps or 'the run config'})")
+    own = ("the run's: a distilled student's few-step sampler at guidance 1, else "
+           + "; ".join(f"{f}: {d['scheduler']} at CFG {d['guidance']:g}"
+                       for f, d in SAMPLERS.items()))
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"{about['steps']} (default: the run config's)")
     p.add_argument("--scheduler", metavar="NAME", help="sampler, of the objective family the run "
-                   f"trained with (default: {default_sampler})")
-    p.add_argument("--guidance", type=float, default=guidance, metavar="X",
-                   help=f"{about['guidance']} (default: {guidance or default_sampler})")
+                   f"trained with (default: {own})")
+    p.add_argument("--guidance", type=float, metavar="X",
+                   help=f"{about['guidance']} (default: the run's, as --scheduler)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the initial noise (default: 0)")
     more = {k: fields[k].description.rstrip(".") for k in ("guidance_interval",
@@ -44,11 +50,10 @@ def guiding(args) -> dict:
 
 
 def add_arguments(p) -> None:
-    fields = SamplingConfig.model_fields
     p.add_argument("run_dir", help="a trained run directory")
     p.add_argument("--labels", help="comma-separated indices or names (default: all)")
     p.add_argument("--per-label", type=int, default=8, help="images per label (default: 8)")
-    add_sampling(p, fields["steps"].default, fields["guidance"].default)
+    add_sampling(p)
     p.add_argument("--device", default="cpu", help="torch device to sample on (default: cpu)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     p.add_argument("--out", required=True, metavar="PNG", help="output .png")

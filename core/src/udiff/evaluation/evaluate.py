@@ -17,7 +17,6 @@ from .. import data as datasets
 from ..config import resolve
 from ..errors import UdiffError
 from ..images import grid
-from ..plugins import defaults
 from ..run.files import write_json
 from ..run.layout import CONFIG
 from ..sampling import load
@@ -55,8 +54,8 @@ class Judge:
         self.weights = inception_weights(inception)
         inception_net = InceptionFeatures(self.weights) if self.weights else None  # fails here
         self.run_dir, self.seed, self.pipe = run_dir, seed, load(run_dir)
-        self.sampler_name, self.guidance = defaults.sampler(self.pipe.scheduler_name, scheduler,
-                                                            guidance)
+        self.sampler_name, self.steps, self.guidance = self.pipe.settings(None, guidance,
+                                                                          scheduler)
         self.pipe.scheduler(self.sampler_name)  # another family's sampler fails here, before work
         self.cfg = resolve(Path(run_dir) / CONFIG)
         self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
@@ -108,7 +107,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
         raise UdiffError("--per-label must be at least 2 (FID needs two samples per set)")
     judge = Judge(run_dir, seed, inception, progress, scheduler, guidance)
     sampler, guidance = judge.sampler_name, judge.guidance
-    steps = steps or judge.cfg.sampling.steps
+    steps = steps or judge.steps
     data, cfg = judge.data, judge.cfg
     images, labels = judge.pipe.sample_tensor(range(len(data.label_names)), per_label, steps,
                                               guidance, seed, sampler, progress=progress,

@@ -79,6 +79,14 @@ class Shared:
         return f"run{self.adapters}"  # peft adapter names become module keys: no dots
 
 
+def base_state(comp: Component, base: Path, config, context) -> dict:
+    """A LoRA base's weights: a udiff run's denoiser folder (a distilled LoRA student's teacher,
+    built with the student's own config) or a format the plugin reads (``--init-from``)."""
+    if (base / COMPONENT_CONFIG).is_file():
+        return safetensors.torch.load_file(str(base / WEIGHTS))
+    return pretrained.denoiser_state(comp, base, config, context)["state"]
+
+
 def load_component(folder: Path, role: str, context, shared: Shared | None = None,
                    ) -> tuple[nn.Module, dict]:
     """The saved component, built and loaded; with ``shared``, a module already loaded with the
@@ -92,8 +100,8 @@ def load_component(folder: Path, role: str, context, shared: Shared | None = Non
 
         def make_base():
             module = comp.build(config, context)
-            read = pretrained.denoiser_state(comp, base, config, context)
-            pretrained.load_strict(module, read["state"], Path(base))
+            pretrained.load_strict(module, base_state(comp, Path(base), config, context),
+                                   Path(base))
             return module
 
         name = shared.adapter_name() if shared else lora.DEFAULT

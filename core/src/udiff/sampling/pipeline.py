@@ -9,13 +9,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import plugins
+from ..config import resolve
 from ..context import Context
 from ..errors import UdiffError
 from ..images import to_pil
+from ..plugins import defaults
 from ..plugins.assembly import assemble
 from ..run.directory import Shared, complete_run, component_of, load_component, loader
 from ..run.files import read_json
-from ..run.layout import RUN_FILE
+from ..run.layout import CONFIG, RUN_FILE
 from ..schedulers import Scheduler
 from ..weights import lora
 from . import guidance as guiding
@@ -26,11 +28,17 @@ class Pipeline:
 
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, conditioner: nn.Module,
                  scheduler_name: str, scheduler_config, label_names: list[str],
-                 scaling_factor: float, context: Context, freeze: bool = True) -> None:
+                 scaling_factor: float, context: Context, freeze: bool = True,
+                 sampling: defaults.RunSampling | None = None) -> None:
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.scheduler_name, self.scheduler_config = scheduler_name, scheduler_config
         self.label_names, self.scaling_factor, self.context = label_names, scaling_factor, context
         self.latent_shape = (context.latent_channels, context.latent_size, context.latent_size)
+        # what a call leaves out (a run's own, from its config; else its family's at 50 steps)
+        if sampling is None:
+            name, guidance = defaults.sampler(scheduler_name)
+            sampling = defaults.RunSampling(name, 50, guidance)
+        self.sampling = sampling
         for m in (autoencoder, denoiser, conditioner):
             m.eval()
             if freeze:  # freeze=False: modules still in training (validation samples from them)
@@ -60,7 +68,8 @@ class Pipeline:
         stack = assemble(ctx, denoiser, loader(run_dir / "conditioner", "conditioner", shared))
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
         pipe = cls(autoencoder, stack.denoiser, stack.conditioner, comp.name, sched_cfg,
-                   run["labels"], ae_meta["scaling_factor"], stack.context)
+                   run["labels"], ae_meta["scaling_factor"], stack.context,
+                   sampling=defaults.run_sampling(resolve(run_dir / CONFIG)))
         pipe.run_dir = run_dir
         if shared is not None:
             pipe.adapter = den_meta["meta"].get("adapter")
@@ -108,14 +117,23 @@ class Pipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(latents / self.scaling_factor).clamp(-1, 1)
 
-    def sample_tensor(self, labels, per_label: int = 8, steps: int = 50, guidance: float = 3.0,
-                      seed: int = 0, scheduler: str | None = None, batch: int = 256,
+    def settings(self, steps: int | None = None, guidance: float | None = None,
+                 scheduler: str | None = None) -> defaults.RunSampling:
+        """(scheduler, steps, guidance): what is given, the rest from :attr:`sampling`."""
+        own = self.sampling
+        return defaults.RunSampling(scheduler or own.scheduler, steps or own.steps,
+                                    own.guidance if guidance is None else guidance)
+
+    def sample_tensor(self, labels, per_label: int = 8, steps: int | None = None,
+                      guidance: float | None = None, seed: int = 0,
+                      scheduler: str | None = None, batch: int = 256,
                       progress: bool = False, guidance_interval: tuple[float, float] | None = None,
                       guidance_rescale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major.
         ``guidance_interval``: guidance only for ``t / T`` in ``(lo, hi)``; ``guidance_rescale``:
-        0..1 (:mod:`udiff.sampling.guidance`)."""
+        0..1 (:mod:`udiff.sampling.guidance`). ``None``: the run's own (:meth:`settings`)."""
         labels = self.check_labels(labels).repeat_interleave(per_label)
+        scheduler, steps, guidance = self.settings(steps, guidance, scheduler)
         sched = self.scheduler(scheduler)
         # Noise as diffusers' randn_tensor draws it on CPU: one generator, whole batch shape.
         gen = torch.Generator("cpu").manual_seed(seed)
@@ -128,8 +146,9 @@ class Pipeline:
             out.append(self.decode(lat).cpu())
         return torch.cat(out), labels
 
-    def sample(self, labels, per_label: int = 8, steps: int = 50, guidance: float = 3.0,
-               seed: int = 0, scheduler: str | None = None, **options):
+    def sample(self, labels, per_label: int = 8, steps: int | None = None,
+               guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
+               **options):
         """PIL images, ``per_label`` for each label in order; ``options``: ``guidance_interval``,
         ``guidance_rescale`` (as :meth:`sample_tensor`)."""
         return to_pil(self.sample_tensor(labels, per_label, steps, guidance, seed, scheduler,

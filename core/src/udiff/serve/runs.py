@@ -29,9 +29,6 @@ class ServedRun:
     path: Path
     pipe: Pipeline
     backbone: str
-    steps: int  # the run's defaults, as `udiff eval` samples it
-    sampler: str
-    guidance: float
 
     def describe(self) -> dict:
         pipe = self.pipe
@@ -41,8 +38,8 @@ class ServedRun:
                 "labels": pipe.label_names, "image_size": pipe.context.image_size,
                 "image_channels": pipe.context.image_channels,
                 "lora": pipe.adapter is not None,
-                "defaults": {"steps": self.steps, "sampler": self.sampler,
-                             "guidance": self.guidance}}
+                "defaults": {"steps": pipe.sampling.steps, "sampler": pipe.sampling.scheduler,
+                             "guidance": pipe.sampling.guidance}}  # as `udiff eval` samples
 
     def work(self, req: GenerateRequest, limits: Limits) -> Work:
         """The request checked against this run and the limits; errors name the field."""
@@ -62,13 +59,10 @@ class ServedRun:
             raise ApiError(422, "too_many_images", f"{len(labels)} labels x per_label "
                            f"{req.per_label} = {total} images; this server allows at most "
                            f"{limits.max_images} per request", "per_label")
-        steps = req.steps or self.steps
+        sampler, steps, guidance = self.pipe.settings(req.steps, req.guidance, req.sampler)
         if steps > limits.max_steps:
             raise ApiError(422, "out_of_range", f"steps {steps} is over this server's limit "
                            f"{limits.max_steps}", "steps")
-        sampler, guidance = defaults.sampler(self.pipe.scheduler_name, req.sampler,
-                                             req.guidance if req.guidance is not None
-                                             else self.guidance)
         if guidance > limits.max_guidance:
             raise ApiError(422, "out_of_range", f"guidance {guidance} is over this server's "
                            f"limit {limits.max_guidance}", "guidance")
@@ -106,10 +100,8 @@ def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
         start = time.perf_counter()
         pipe = Pipeline.from_run(path, device, shared=shared)
         cfg = resolve(path / CONFIG)
-        sampler, guidance = defaults.sampler(pipe.scheduler_name, cfg.sampling.scheduler)
         name = path.resolve().name
-        runs[name] = ServedRun(name, path, pipe, cfg.denoiser.name, cfg.sampling.steps, sampler,
-                               guidance)
+        runs[name] = ServedRun(name, path, pipe, cfg.denoiser.name)
         print(f"udiff serve: loaded {name} ({cfg.denoiser.name}"
               f"{', LoRA on a shared base' if pipe.adapter else ''}) in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -119,8 +111,7 @@ def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
 def warm_up(runs: dict[str, ServedRun]) -> None:
     """One short sample per run: first-call costs (allocator, kernels) before /readyz says ready."""
     for run in runs.values():
-        run.pipe.sample_tensor([0], per_label=1, steps=2, guidance=run.guidance, seed=0,
-                               scheduler=run.sampler)
+        run.pipe.sample_tensor([0], per_label=1, steps=2, seed=0)
 
 
 def parameter_bytes(runs: dict[str, ServedRun]) -> int:

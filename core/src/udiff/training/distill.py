@@ -40,24 +40,30 @@ def teacher_pairs(pipe, count: int, steps: int, guidance: float, sampler: str | 
 
 
 def student_config(teacher, steps: int, guidance: float | None = None,
-                   max_steps: int | None = None, lora_rank: int | None = None,
-                   pairs: int = 1024):
+                   pairs: int | None = None, overrides: dict | None = None):
     """The student's run config, from the teacher's: its autoencoder (stage 1 skipped), its
     backbone and conditioner (initialised from its weights), its objective (noise teachers teach a
-    v-prediction student: an epsilon student cannot take one step), guidance off, K steps."""
-    from pathlib import Path
+    v-prediction student: an epsilon student cannot take one step), guidance off, K steps;
+    ``overrides``: the student's training flags (``commands.flags.DISTILL_FLAGS``)."""
 
     from .. import plugins
     from ..config import resolve
+    from ..errors import UdiffError
     from ..plugins import defaults
     from ..run.directory import complete_run
     from ..run.layout import CONFIG, WEIGHTS
     from ..weights.lora import fingerprint
 
-    teacher = complete_run(teacher)
-    cfg = resolve(Path(teacher) / CONFIG)
+    teacher = complete_run(teacher).resolve()
+    cfg = resolve(teacher / CONFIG)
     plugins.get("denoiser", cfg.denoiser.name)  # an unknown backbone: one line naming it
+    overrides = overrides or {}
+    student_lora = overrides.get("denoiser", {}).get("lora")
+    if student_lora and cfg.denoiser.lora:
+        raise UdiffError(f"--lora-rank: teacher {teacher} is itself a LoRA run; distil it into "
+                         "a full student (without --lora-rank)")
     trained = defaults.scheduler_choice(cfg)
+    family = defaults.family(trained.name)
     # config.toml writes every sampling field, so its guidance alone says nothing; an interval
     # is only there when chosen (the demo), and then with its guidance.
     own = cfg.sampling
@@ -65,24 +71,24 @@ def student_config(teacher, steps: int, guidance: float | None = None,
         guidance = own.guidance
     sampler, g = defaults.sampler(trained.name, None, guidance)
     options = dict(trained.options)
-    if defaults.family(trained.name) == "noise":
+    if family == "noise":
         options["prediction_type"] = "v_prediction"
     values = cfg.model_dump(mode="json", exclude_none=True)
-    values["autoencoder"] = {"from_run": str(Path(teacher).resolve())}
+    values["autoencoder"] = {"from_run": str(teacher)}
     values["denoiser"].pop("init_from", None)
     values["denoiser"].pop("lora", None)
-    if lora_rank:
-        values["denoiser"]["lora"] = {"rank": lora_rank}
+    if student_lora:  # adapters on the teacher's denoiser folder (the LoRA base, by SHA-256)
+        values["denoiser"]["init_from"] = str(teacher / "denoiser")
     values["scheduler"] = {"name": trained.name, "options": options}
     values["conditioner"].setdefault("options", {})["dropout"] = 0.0  # never asked unconditioned
-    values["training"] |= {"max_steps": max_steps or 400, "lr": 5e-4, "warmup_steps": 0}
-    few = "few-step" if defaults.family(trained.name) == "flow" else "ddim"
-    values["sampling"] = {"steps": steps, "guidance": 1.0, "scheduler": few}
-    values["distill"] = {"teacher": str(Path(teacher).resolve()), "steps": steps, "guidance": g,
-                         "teacher_sha256": fingerprint(Path(teacher) / "denoiser" / WEIGHTS),
-                         "teacher_steps": cfg.sampling.steps, "pairs": pairs,
-                         "teacher_sampler": sampler, "guidance_interval": own.guidance_interval}
-    return resolve(None, values)
+    values["training"] |= defaults.DISTILL_TRAINING
+    values["sampling"] = {"steps": steps, "guidance": 1.0, "scheduler": defaults.FEW_STEP[family]}
+    values["distill"] = {"teacher": str(teacher), "steps": steps, "guidance": g,
+                         "teacher_sha256": fingerprint(teacher / "denoiser" / WEIGHTS),
+                         "teacher_steps": cfg.sampling.steps,
+                         "pairs": pairs or defaults.DISTILL_PAIRS, "teacher_sampler": sampler,
+                         "guidance_interval": own.guidance_interval}
+    return resolve(None, overrides, values)
 
 
 PAIRS = "pairs.safetensors"
@@ -129,9 +135,14 @@ def training_scheduler(scheduler, context, cfg) -> FewStepTimesteps:
 
 
 def init_from_teacher(cfg, plan) -> None:
-    """The student starts as the teacher: its denoiser module (trainable) and conditioner state."""
+    """The student starts as the teacher: its denoiser module (a LoRA teacher's adapters folded
+    in; a LoRA student's are added by the trainer) and its conditioner's state."""
     from ..sampling import load
+    from ..weights import lora
 
     teacher = load(cfg.distill.teacher)
-    plan.init = {"module": teacher.denoiser.train().requires_grad_(True),
+    module = teacher.denoiser
+    if any("lora_" in name for name, _ in module.named_parameters()):
+        module = lora.unload(module)
+    plan.init = {"module": module.train().requires_grad_(True),
                  "conditioner_state": teacher.conditioner.state_dict()}

@@ -80,16 +80,17 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
     ctx = plan.context
     if cfg.autoencoder.pretrained:
         plan.pretrained_autoencoder = pretrained.autoencoder(cfg.autoencoder.pretrained, ctx)
-    if cfg.distill:
-        from .distill import init_from_teacher
-
-        init_from_teacher(cfg, plan)
-        return
     den = cfg.denoiser
     if den.lora and not den.init_from:
         raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
     if den.lora:
         lora.require()
+        lora.targets(plan.denoiser.component, den.lora.targets)  # unknown groups fail here
+    if cfg.distill:  # the student starts as its teacher (a LoRA student: adapters on it)
+        from .distill import init_from_teacher
+
+        init_from_teacher(cfg, plan)
+        return
     if not den.init_from:
         return
     if plan.pretrained_autoencoder:
@@ -105,8 +106,6 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
     module = plan.denoiser.build(ctx)
     pretrained.load_strict(module, read["state"], Path(den.init_from))
     plan.init = {"module": module, "label_table": read.get("label_table")}
-    if den.lora:
-        lora.targets(comp, den.lora.targets)  # unknown groups fail here
 
 
 def latent_context(cfg: TrainConfig, plan: Plan) -> Context:

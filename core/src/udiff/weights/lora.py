@@ -99,6 +99,19 @@ def merged_state(denoiser: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def unload(denoiser: nn.Module) -> nn.Module:
+    """Every adapter folded into its base layer and the adapters removed: a plain module again
+    (a LoRA teacher's full student starts from it)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(denoiser.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(denoiser.get_submodule(parent), attr, module.get_base_layer())
+    return denoiser
+
+
 def fingerprint(path: str | Path) -> str:
     """SHA-256 of the base's weight file(s): a LoRA adapter only means something on its base."""
     path = Path(path)
