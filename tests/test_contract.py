@@ -161,7 +161,11 @@ ADDED = {"bench": "--strict target --concurrency --seconds "
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale"}
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
-                "--max-images --device --grace-seconds"}
+                "--max-images --device --grace-seconds",
+       "distill": "run_dir --steps --guidance --pairs --lora-rank --lora-targets --max-steps "
+                  "--batch-size --lr --mixed-precision --compile --attention --device --seed "
+                  "--checkpoint-every --keep-checkpoints --grace-seconds --max-nonfinite "
+                  "--log-with --out --overwrite --resume"}  # 20
 
 
 def test_every_command_keeps_its_flags_and_each_has_help():

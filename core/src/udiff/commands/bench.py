@@ -9,10 +9,13 @@ HELP = "benchmark every installed backbone (pytest-benchmark)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("target", nargs="*", metavar="serve RUN_DIR | guidance RUN_DIR...",
+    p.add_argument("target", nargs="*",
+                   metavar="serve RUN_DIR | guidance RUN_DIR... | distill STUDENT_DIR...",
                    help="`serve RUN_DIR`: the load benchmark of `udiff serve` on that run "
                    "instead (serve.json/md/png); `guidance RUN_DIR...`: guidance scale x "
-                   "interval on those runs (guidance.json/md/png)")
+                   "interval on those runs (guidance.json/md/png); `distill STUDENT_DIR...`: "
+                   "students of `udiff distill` against their teachers, quality and ms per "
+                   "image (distill.json/md/png)")
     p.add_argument("--backbones", metavar="LIST",
                    help="comma-separated (default: every installed backbone)")
     p.add_argument("--preset", metavar="NAME",
@@ -35,7 +38,7 @@ def add_arguments(p) -> None:
                    help="bench guidance: guidance intervals LO-HI on t/T, 1 = pure noise "
                    "(default: 0-1,0.2-0.8,0-0.6)")
     p.add_argument("--per-label", type=int, default=30, metavar="N",
-                   help="bench guidance: samples per label (default: 30, as udiff eval)")
+                   help="bench guidance, distill: samples per label (default: 30, as udiff eval)")
     p.add_argument("--strict", action="store_true", help="exit 2 when a ratio falls outside its "
                    "bound (report.md's bound column, what CI holds; the report is written first)")
 
@@ -46,6 +49,8 @@ def main(args) -> int:
 
     if args.target[:1] == ["guidance"]:
         return guidance(args)
+    if args.target[:1] == ["distill"]:
+        return distill(args)
     if args.target:
         return serve(args)
 
@@ -67,7 +72,7 @@ def serve(args) -> int:
 
     if args.target[0] != "serve" or len(args.target) != 2:
         raise UdiffError(f"udiff bench: unknown target {' '.join(args.target)!r}; "
-                         "the targets are: serve RUN_DIR, guidance RUN_DIR...")
+                         "the targets are: serve RUN_DIR, guidance RUN_DIR..., distill STUDENT_DIR...")
     try:
         levels = tuple(int(c) for c in args.concurrency.split(","))
     except ValueError:
@@ -110,4 +115,18 @@ def guidance(args) -> int:
                        overwrite=args.overwrite)
     print(f"{len(result['rows'])} settings; report: {args.out}/guidance.md  "
           f"{args.out}/guidance.png  {args.out}/guidance.json")
+    return 0
+
+
+def distill(args) -> int:
+    from ..bench import distill as students
+    from ..errors import UdiffError
+
+    if len(args.target) < 2:
+        raise UdiffError("udiff bench distill: give at least one STUDENT_DIR (a udiff distill run)")
+    if args.per_label < 2:
+        raise UdiffError("--per-label: at least 2")
+    result = students.run(args.target[1:], args.out, args.per_label, overwrite=args.overwrite)
+    print(f"{len(result['rows'])} rows; report: {args.out}/distill.md  {args.out}/distill.png  "
+          f"{args.out}/distill.json")
     return 0

@@ -8,6 +8,7 @@ loads with its own ``from_pretrained``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import diffusers
@@ -41,7 +42,14 @@ def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None
     except ValueError as e:
         raise UdiffError(f"cannot export {name}: {e}") from None
     vae = pipe.autoencoder.to_diffusers(pipe.scaling_factor)
-    sampler = pipe.scheduler(scheduler).sampler
+    name = scheduler or pipe.sampling.scheduler  # the run's own (a student's few-step sampler)
+    sampler = pipe.scheduler(name).sampler
+    if name == "few-step":  # diffusers' FlowMatchEuler spaces K steps its own way
+        k = pipe.sampling.steps
+        print(f"udiff export: this student samples in {k} steps on sigmas "
+              f"{[round(1 - i / k, 4) for i in range(k)]}: pass them as "
+              "scheduler.set_timesteps(sigmas=...) (diffusers' default spacing differs)",
+              file=sys.stderr)
     out = Path(out)
     prepare_out(out, overwrite)
     if pipeline_cls is not None:

@@ -92,6 +92,7 @@ def student_config(teacher, steps: int, guidance: float | None = None,
 
 
 PAIRS = "pairs.safetensors"
+DIVERGED = 3.0  # teacher samples with this std (data: 1) are not images of the data
 
 
 def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,6 +119,10 @@ def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         teacher = load(d.teacher, run.accelerator.device)
         z, x0, y = teacher_pairs(teacher, d.pairs, d.teacher_steps, d.guidance, d.teacher_sampler,
                                  cfg.training.seed + 5, interval=d.guidance_interval)
+        if x0.std() > DIVERGED:  # the cached latents are scaled to unit variance
+            say(f"distill: warning: the teacher's samples are far off its training latents (std "
+                f"{x0.std():.1f}, the latents' 1.0): an undertrained teacher; the student will "
+                "learn what it samples")
         atomic_write(path, lambda p: safetensors.torch.save_file(
             {"x0": x0.contiguous(), "labels": y.contiguous(), "noise": z.contiguous()}, str(p)))
     run.accelerator.wait_for_everyone()

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig, to_toml
 from ..evaluation.curves import training_curves
+from ..plugins import defaults
 from ..plugins.assembly import assemble
 from ..run.checkpoints import Checkpointer
 from ..run.directory import load_component, save_adapter, save_component
@@ -124,7 +125,7 @@ class Trainer:
             validation = Validation(cfg, out, self.log, self.accelerator, plan.data, Pipeline(
                 autoencoder, stack.denoiser, stack.conditioner, plan.scheduler.component.name,
                 plan.scheduler.config, plan.data.label_names, scaling, stack.context,
-                freeze=False))
+                freeze=False, sampling=defaults.run_sampling(cfg)))
         comp = plan.denoiser.component
         self.parameters = stages.train_denoiser(
             self, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", latents, labels,

@@ -10,7 +10,6 @@ from ..config import TrainConfig
 from ..data import LabelledImages
 from ..evaluation.reference import accuracy, train_reference
 from ..images import grid
-from ..plugins import defaults
 from ..run.layout import VALIDATION
 from ..sampling import Pipeline
 from .step import DenoiserTraining
@@ -39,10 +38,8 @@ class Validation:
         pipe.denoiser.eval(), pipe.conditioner.eval()
         try:
             with torch.random.fork_rng(devices=[]):
-                sampler, guidance = defaults.sampler(pipe.scheduler_name, cfg.sampling.scheduler)
                 images, labels = pipe.sample_tensor(range(len(self.data.label_names)),
-                                                    cfg.training.validate_per_label,
-                                                    cfg.sampling.steps, guidance, 0, sampler)
+                                                    cfg.training.validate_per_label, seed=0)
         finally:
             with torch.no_grad():
                 for p, v in zip(training.params, live, strict=True):

@@ -1,0 +1,158 @@
+"""``udiff bench distill STUDENT_DIR... --out DIR``: distilled students against their teachers.
+
+For each student (its config names the teacher): the teacher as it samples (its steps, guided),
+the teacher at the student's step counts (same sampler family, guided: what the student must
+beat), and the student at K, K/2, ..., 1 steps (guidance 1: one forward pass per step). Every
+row samples the same labels from the same seeds and is scored by ``udiff eval``'s judge (built
+on the teacher's run). Milliseconds per image are timed in this one run, teacher and student on
+the same batch, so their ratio is the figure to read (issue 20: >= 4x at the student's K).
+Writes distill.json, distill.md and distill.png (samples at 1, 2, 4 and the teacher's steps).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import resolve
+from ..errors import UdiffError
+from ..evaluation.evaluate import Judge
+from ..images import grid
+from ..run.directory import complete_run
+from ..run.files import prepare_out, write_json
+from ..run.layout import CONFIG
+from ..sampling import load
+from .serving import machine
+
+TIMING_BATCH = 16  # images per timed call: a server batch, small enough for 2 cores
+SHOWN_LABELS = 4  # rows of the picture
+
+
+def halvings(k: int) -> list[int]:
+    """The step counts a K-step student samples in: K, K/2, ..., 1 (subsets of its schedule)."""
+    out = [k]
+    while out[-1] > 1:
+        out.append(max(1, out[-1] // 2))
+    return out
+
+
+def ms_per_image(pipe, steps: int, guidance: float, sampler: str, repeats: int = 3,
+                 **guiding) -> float:
+    """The fastest of ``repeats`` calls on one batch (first call warms up), in ms per image."""
+    labels = list(range(min(TIMING_BATCH, len(pipe.label_names))))
+    per = max(1, TIMING_BATCH // len(labels))
+    pipe.sample_tensor(labels, per, steps, guidance, 0, sampler, **guiding)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        pipe.sample_tensor(labels, per, steps, guidance, 0, sampler, **guiding)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / (len(labels) * per)
+
+
+def rows_for(student_dir: str | Path, judge: Judge, per_label: int, seed: int,
+             progress: bool) -> tuple[list[dict], list[torch.Tensor]]:
+    """Scored rows (teacher, teacher few-step, student per step count) and the pictures'
+    columns (the first labels, same noise) for one student."""
+    cfg = resolve(Path(student_dir) / CONFIG)
+    d, student, teacher = cfg.distill, load(student_dir), judge.pipe
+    labels = range(len(judge.data.label_names))
+    guided = {"guidance_interval": d.guidance_interval}
+    plan = [("teacher", teacher, d.teacher_sampler, d.teacher_steps, d.guidance, guided)]
+    plan += [("teacher", teacher, student.sampling.scheduler, k, d.guidance, guided)
+             for k in halvings(d.steps)]
+    plan += [("student", student, student.sampling.scheduler, k, 1.0, {})
+             for k in halvings(d.steps)]
+    rows, columns = [], []
+    for who, pipe, sampler, steps, guidance, guiding in plan:
+        images, got = pipe.sample_tensor(labels, per_label, steps, guidance, seed, sampler,
+                                         **guiding)
+        scores, _ = judge.score(images, got)
+        rows.append({"student": str(student_dir), "backbone": cfg.denoiser.name,
+                     "trained_with": teacher.scheduler_name, "model": who, "sampler": sampler,
+                     "steps": steps, "guidance": guidance,
+                     "interval": guiding.get("guidance_interval"),
+                     "label_accuracy": scores["label_accuracy"], "fid": scores["fid"],
+                     "kid": scores["kid"], "diversity": scores["diversity"],
+                     "ms_per_image": round(ms_per_image(pipe, steps, guidance, sampler,
+                                                        **guiding), 2)})
+        if who == "student" or len(rows) == 1:  # the pictures: teacher as it samples, student
+            shown = torch.cat([torch.nonzero(got == k)[:4, 0] for k in range(SHOWN_LABELS)])
+            columns.append(images[shown])  # [4 labels x 4, C, H, W], label-major
+        if progress:
+            r = rows[-1]
+            print(f"udiff bench distill: {r['backbone']} {who} {steps} steps: accuracy "
+                  f"{r['label_accuracy']:.3f} FID {r['fid']:.1f} {r['ms_per_image']:.1f} ms per "
+                  "image", file=sys.stderr, flush=True)
+    return rows, columns
+
+
+def run(student_dirs: list[str], out: str | Path, per_label: int = 30, seed: int = 0,
+        overwrite: bool = False, progress: bool = True) -> dict:
+    out, judges = Path(out), []
+    for s in student_dirs:  # bad students fail before --out is touched
+        cfg = resolve(complete_run(s) / CONFIG)
+        if cfg.distill is None:
+            raise UdiffError(f"run {s} is not a distilled student (its config has no [distill])")
+        judges.append(Judge(cfg.distill.teacher, seed, progress=progress))
+    prepare_out(out, overwrite)
+    rows, pictures = [], []
+    for s, judge in zip(student_dirs, judges, strict=True):
+        got, columns = rows_for(s, judge, per_label, seed, progress)
+        teacher_ms = got[0]["ms_per_image"]
+        for r in got:
+            r["speedup"] = round(teacher_ms / r["ms_per_image"], 2)
+        rows += got
+        pictures.append(columns)
+    result = {"machine": machine(), "per_label": per_label, "seed": seed,
+              "fid_features": judges[0].features.name, "rows": rows}
+    write_json(out / "distill.json", result)
+    (out / "distill.md").write_text(markdown(result))
+    picture(pictures, rows, out / "distill.png")
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# udiff bench distill — {result['machine']}", "",
+             f"{result['per_label']} samples per label, seed {result['seed']}, FID/KID in "
+             f"`{result['fid_features']}` features; ms per image timed in this run (batch "
+             f"{TIMING_BATCH}); speedup = the teacher's own sampling / this row.", "",
+             "| backbone | model | sampler | steps | guidance | label_accuracy | FID | KID x1e3 | "
+             "diversity | ms per image | speedup |", "| --- |" + " --- |" * 10]
+    for r in result["rows"]:
+        lines.append(f"| {r['backbone']} ({r['trained_with']}) | {r['model']} | {r['sampler']} | "
+                     f"{r['steps']} | {r['guidance']:g} | {r['label_accuracy']:.3f} | "
+                     f"{r['fid']:.1f} | {r['kid']:.1f} | {r['diversity']:.2f} | "
+                     f"{r['ms_per_image']:.1f} | {r['speedup']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def picture(pictures: list[list[torch.Tensor]], rows: list[dict], path: Path) -> None:
+    """One band per student: the teacher's samples, then the student's at K ... 1 steps, same
+    noise, a row per label."""
+    from PIL import Image, ImageDraw
+
+    bands = []
+    for columns, student in zip(pictures, dict.fromkeys(r["student"] for r in rows),
+                                strict=True):
+        mine = [r for r in rows if r["student"] == student]
+        titles = [f"teacher {mine[0]['steps']}"] + [f"student {r['steps']}" for r in mine
+                                                     if r["model"] == "student"]
+        sheets = [grid(c, rows=SHOWN_LABELS) for c in columns]
+        w, h = sheets[0].size
+        band = Image.new("RGB", (len(sheets) * (w + 8), h + 14), "white")
+        draw = ImageDraw.Draw(band)
+        for i, (sheet, title) in enumerate(zip(sheets, titles, strict=True)):
+            band.paste(sheet.convert("RGB"), (i * (w + 8), 14))
+            draw.text((i * (w + 8) + 2, 1), f"{mine[0]['backbone']}: {title}", fill="black")
+        bands.append(band)
+    out = Image.new("RGB", (max(b.width for b in bands), sum(b.height + 6 for b in bands)),
+                    "white")
+    y = 0
+    for band in bands:
+        out.paste(band, (0, y))
+        y += band.height + 6
+    out.save(path)
