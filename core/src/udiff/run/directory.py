@@ -79,10 +79,20 @@ class Shared:
         return f"run{self.adapters}"  # peft adapter names become module keys: no dots
 
 
+def is_component(folder: Path, role: str) -> bool:
+    """Whether ``folder`` is a udiff run's ``role`` folder (a diffusers folder also holds a
+    config.json, without udiff's keys)."""
+    try:
+        meta = json.loads((folder / COMPONENT_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("role") == role and "component" in meta
+
+
 def base_state(comp: Component, base: Path, config, context) -> dict:
     """A LoRA base's weights: a udiff run's denoiser folder (a distilled LoRA student's teacher,
     built with the student's own config) or a format the plugin reads (``--init-from``)."""
-    if (base / COMPONENT_CONFIG).is_file():
+    if is_component(base, "denoiser") and (base / WEIGHTS).is_file():
         return safetensors.torch.load_file(str(base / WEIGHTS))
     return pretrained.denoiser_state(comp, base, config, context)["state"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UdiffError
-from .layout import CHECKPOINTS, CONFIG, LOCK, RUN_FILE
+from .layout import CHECKPOINTS, CONFIG, LOCK, PAIRS, RUN_FILE
 
 
 def atomic_write(path: Path, write) -> None:
@@ -60,4 +60,5 @@ def prepare_out(out: Path, overwrite: bool, clear: bool = True) -> None:
     if held:
         (out / RUN_FILE).unlink(missing_ok=True)  # the old run is no longer complete
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # nor are its checkpoints
+        (out / PAIRS).unlink(missing_ok=True)  # the old student's teacher samples
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     RUN/run.json                     written last: its presence marks a complete run
     RUN/log.jsonl, training.png      training log and its curves
     RUN/latents.safetensors          stage 2's latent cache (latents, labels)
+    RUN/pairs.safetensors            a distilled student's teacher samples (x0, labels, noise)
     RUN/<role>/config.json           component, plugin, version, validated config
     RUN/<role>/model.safetensors     its weights (a LoRA denoiser: adapter.safetensors)
     RUN/checkpoints/<i>-<stage>-<step>/  resumable checkpoints (COMPLETE written last)
@@ -15,6 +16,7 @@ RUN_FILE = "run.json"
 LOG = "log.jsonl"
 CURVES = "training.png"
 LATENTS = "latents.safetensors"
+PAIRS = "pairs.safetensors"  # kept for --resume, removed by --overwrite
 COMPONENT_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 ADAPTER = "adapter.safetensors"

@@ -91,7 +91,6 @@ def student_config(teacher, steps: int, guidance: float | None = None,
     return resolve(None, overrides, values)
 
 
-PAIRS = "pairs.safetensors"
 DIVERGED = 3.0  # teacher samples with this std (data: 1) are not images of the data
 
 
@@ -102,7 +101,7 @@ def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
     from ..errors import UdiffError
     from ..run.files import atomic_write
-    from ..run.layout import WEIGHTS
+    from ..run.layout import PAIRS, WEIGHTS
     from ..sampling import load
     from ..weights.lora import fingerprint
     from .setup import say

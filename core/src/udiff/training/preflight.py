@@ -85,14 +85,20 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
         raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
     if den.lora:
         lora.require()
-        lora.targets(plan.denoiser.component, den.lora.targets)  # unknown groups fail here
     if cfg.distill:  # the student starts as its teacher (a LoRA student: adapters on it)
         from .distill import init_from_teacher
 
         init_from_teacher(cfg, plan)
-        return
-    if not den.init_from:
-        return
+    elif den.init_from:
+        read_init_from(cfg, plan)
+    if den.lora:  # unknown groups or names: one line now, not after the first stage
+        lora.check_targets(plan.init["module"], lora.targets(plan.denoiser.component,
+                                                             den.lora.targets))
+
+
+def read_init_from(cfg: TrainConfig, plan: Plan) -> None:
+    """--init-from: the weights read into the backbone they describe (``plan.init``)."""
+    ctx, den = plan.context, cfg.denoiser
     if plan.pretrained_autoencoder:
         ae = plan.pretrained_autoencoder[2]
     elif cfg.autoencoder.from_run:

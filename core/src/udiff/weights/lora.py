@@ -64,6 +64,16 @@ def add(denoiser: nn.Module, rank: int, alpha: float | None, modules: list[str],
     return denoiser
 
 
+def check_targets(denoiser: nn.Module, modules: list[str]) -> None:
+    """One line, before any work, for a target no module name ends with (peft matches module
+    names by suffix and would only fail when the adapters are injected)."""
+    names = [name for name, _ in denoiser.named_modules()]
+    missing = [t for t in modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UdiffError(f"--lora-targets {','.join(modules)}: no module of the denoiser is "
+                         f"named {', '.join(missing)}")
+
+
 def adapter_state(denoiser: nn.Module, name: str = DEFAULT) -> dict[str, torch.Tensor]:
     """Adapter ``name``'s tensors, keyed as a run saves them (under the default name)."""
     return {k.replace(f".{name}.", f".{DEFAULT}."): v.detach().contiguous()
