@@ -25,6 +25,7 @@ from ..run.directory import complete_run
 from ..run.files import prepare_out, write_json
 from ..run.layout import CONFIG
 from ..sampling import load
+from . import tables
 from .serving import machine
 
 TIMING_BATCH = 16  # images per timed call: a server batch, small enough for 2 cores
@@ -116,18 +117,13 @@ def run(student_dirs: list[str], out: str | Path, per_label: int = 30, seed: int
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# udiff bench distill — {result['machine']}", "",
-             f"{result['per_label']} samples per label, seed {result['seed']}, FID/KID in "
-             f"`{result['fid_features']}` features; ms per image timed in this run (batch "
-             f"{TIMING_BATCH}); speedup = the teacher's own sampling / this row.", "",
-             "| backbone | model | sampler | steps | guidance | label_accuracy | FID | KID x1e3 | "
-             "diversity | ms per image | speedup |", "| --- |" + " --- |" * 10]
-    for r in result["rows"]:
-        lines.append(f"| {r['backbone']} ({r['trained_with']}) | {r['model']} | {r['sampler']} | "
-                     f"{r['steps']} | {r['guidance']:g} | {r['label_accuracy']:.3f} | "
-                     f"{r['fid']:.1f} | {r['kid']:.1f} | {r['diversity']:.2f} | "
-                     f"{r['ms_per_image']:.1f} | {r['speedup']:.1f}x |")
-    return "\n".join(lines) + "\n"
+    return tables.report("distill", result, f"ms per image timed in this run (batch "
+                         f"{TIMING_BATCH}); speedup = the teacher's own sampling / this row.", [
+        ("backbone", lambda r: f"{r['backbone']} ({r['trained_with']})"),
+        ("model", lambda r: r["model"]), ("sampler", lambda r: r["sampler"]),
+        ("steps", lambda r: str(r["steps"])), ("guidance", lambda r: f"{r['guidance']:g}"),
+        *tables.SCORES, ("ms per image", lambda r: f"{r['ms_per_image']:.1f}"),
+        ("speedup", lambda r: f"{r['speedup']:.1f}x")])
 
 
 def picture(pictures: list[list[torch.Tensor]], rows: list[dict], path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..evaluation.evaluate import Judge
 from ..run.files import prepare_out, write_json
+from . import tables
 from .serving import machine
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -64,17 +65,12 @@ def fmt_interval(iv) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# udiff bench guidance — {result['machine']}", "",
-             f"{result['per_label']} samples per label, seed {result['seed']}, FID/KID in "
-             f"`{result['fid_features']}` features; interval on t/T (1 = pure noise).", "",
-             "| backbone | trained with | sampler | guidance | interval | label_accuracy | FID | "
-             "KID x1e3 | diversity | near-copies |", "| --- |" + " --- |" * 9]
-    for r in result["rows"]:
-        lines.append(f"| {r['backbone']} | {r['trained_with']} | {r['sampler']} {r['steps']} | "
-                     f"{r['guidance']:g} | {fmt_interval(r['interval'])} | "
-                     f"{r['label_accuracy']:.3f} | {r['fid']:.1f} | {r['kid']:.1f} | "
-                     f"{r['diversity']:.2f} | {r['near_copies']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return tables.report("guidance", result, "interval on t/T (1 = pure noise).", [
+        ("backbone", lambda r: r["backbone"]), ("trained with", lambda r: r["trained_with"]),
+        ("sampler", lambda r: f"{r['sampler']} {r['steps']}"),
+        ("guidance", lambda r: f"{r['guidance']:g}"),
+        ("interval", lambda r: fmt_interval(r["interval"])), *tables.SCORES,
+        ("near-copies", lambda r: f"{r['near_copies']:.3f}")])
 
 
 def chart(result: dict, path: Path) -> None:
