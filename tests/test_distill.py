@@ -209,3 +209,22 @@ def test_overwrite_samples_anew_and_a_changed_teacher_is_refused_on_resume(tiny_
     safetensors.torch.save_file({k: v + 0.01 for k, v in state.items()}, weights_file)
     longer = [a if a != "2" else "4" for a in short]  # a complete run trained longer: compared
     cli.fails("distill", teacher, "--pairs", "32", *longer, "--resume", match="teacher_sha256")
+
+
+def test_bench_distill_scores_and_times_students_against_their_teachers(cli, student, tiny_run,
+                                                                        tmp_path):
+    out = tmp_path / "bench"
+    code, _, err = cli("bench", "distill", student, "--per-label", "2", "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "distill.json").read_text())
+    rows = [(r["model"], r["steps"], r["guidance"]) for r in result["rows"]]
+    assert rows == [("teacher", 50, 6.0), ("teacher", 2, 6.0), ("teacher", 1, 6.0),
+                    ("student", 2, 1.0), ("student", 1, 1.0)]  # teacher as distilled, K..1
+    teacher, *_, one_step = result["rows"]
+    assert teacher["speedup"] == 1.0 and one_step["speedup"] > 4  # 1 pass against 50 x 2
+    assert all(0 <= r["label_accuracy"] <= 1 and r["ms_per_image"] > 0 for r in result["rows"])
+    assert (out / "distill.png").stat().st_size > 0 and "| student |" in (
+        out / "distill.md").read_text()
+    assert "udiff bench distill: unet student 1 steps" in err  # progress, a line per row
+    cli.fails("bench", "distill", tiny_run, "--out", tmp_path / "b2",
+              match="not a distilled student")
