@@ -139,7 +139,7 @@ class SamplingConfig(Strict):
 
 
 class DistillConfig(Strict):
-    """``udiff distill``: what the student learns from (issue 20; work in progress)."""
+    """``udiff distill``: what the student learns from, recorded in its config."""
 
     teacher: str = Field(description="The teacher run directory.")
     teacher_sha256: str = Field(description="SHA-256 of the teacher's denoiser weights.")

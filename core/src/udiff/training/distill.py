@@ -1,17 +1,31 @@
-"""Few-step distillation (issue 20; work in progress on this branch, not yet wired or tested).
+"""Few-step distillation (`udiff distill`; docs/distillation.md).
 
 The student learns the teacher's deterministic guided trajectories: for each pair (z, x0*) the
 states a few-step deterministic sampler visits are add_noise(x0*, z, t) at its K timesteps, so
-the host's ordinary objective on (x0*, z, t) trains it (docs/distillation-plan.md)."""
+the host's ordinary objective on (x0*, z, t) trains it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import safetensors.torch
 import torch
+
+from .. import plugins
+from ..config import resolve
+from ..errors import UdiffError
+from ..plugins import defaults
+from ..run.directory import complete_run
+from ..run.files import atomic_write
+from ..run.layout import CONFIG, PAIRS, WEIGHTS
+from ..sampling import load
+from ..weights import lora
+from ..weights.lora import fingerprint
+from .setup import say
 
 
 class FewStepTimesteps:
     """The teacher's scheduler, drawing training timesteps only from the K it samples on."""
-
     def __init__(self, scheduler, sampler, steps: int) -> None:
         self.scheduler = scheduler
         sampler.set_timesteps(steps)
@@ -45,15 +59,6 @@ def student_config(teacher, steps: int, guidance: float | None = None,
     backbone and conditioner (initialised from its weights), its objective (noise teachers teach a
     v-prediction student: an epsilon student cannot take one step), guidance off, K steps;
     ``overrides``: the student's training flags (``commands.flags.DISTILL_FLAGS``)."""
-
-    from .. import plugins
-    from ..config import resolve
-    from ..errors import UdiffError
-    from ..plugins import defaults
-    from ..run.directory import complete_run
-    from ..run.layout import CONFIG, WEIGHTS
-    from ..weights.lora import fingerprint
-
     teacher = complete_run(teacher).resolve()
     cfg = resolve(teacher / CONFIG)
     plugins.get("denoiser", cfg.denoiser.name)  # an unknown backbone: one line naming it
@@ -97,19 +102,8 @@ DIVERGED = 3.0  # teacher samples with this std (data: 1) are not images of the 
 def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(teacher latents x0 [N, c, h, w], labels [N], noise z [N, c, h, w]): sampled by the main
     process once and cached in the run (a resumed run reads them), the others read them."""
-    import safetensors.torch
-
-    from ..errors import UdiffError
-    from ..run.files import atomic_write
-    from ..run.layout import PAIRS, WEIGHTS
-    from ..sampling import load
-    from ..weights.lora import fingerprint
-    from .setup import say
-
     d, path = cfg.distill, run.out / PAIRS
     if run.main and not path.is_file():
-        from pathlib import Path
-
         if fingerprint(Path(d.teacher) / "denoiser" / WEIGHTS) != d.teacher_sha256:
             raise UdiffError(f"teacher {d.teacher} changed since this run began (SHA-256 of its "
                              "denoiser weights differs)")
@@ -131,8 +125,6 @@ def pairs(run, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def training_scheduler(scheduler, context, cfg) -> FewStepTimesteps:
     """The run's scheduler drawing its training timesteps from the student's K sampling steps."""
-    from .. import plugins
-
     comp = plugins.get("scheduler", cfg.sampling.scheduler)
     sampler = comp.build(comp.make_config(options=scheduler.config.model_dump()), context)
     return FewStepTimesteps(scheduler, sampler, cfg.distill.steps)
@@ -141,9 +133,6 @@ def training_scheduler(scheduler, context, cfg) -> FewStepTimesteps:
 def init_from_teacher(cfg, plan) -> None:
     """The student starts as the teacher: its denoiser module (a LoRA teacher's adapters folded
     in; a LoRA student's are added by the trainer) and its conditioner's state."""
-    from ..sampling import load
-    from ..weights import lora
-
     teacher = load(cfg.distill.teacher)
     module = teacher.denoiser
     if any("lora_" in name for name, _ in module.named_parameters()):
