@@ -58,8 +58,9 @@ def rows_for(student_dir: str | Path, judge: Judge, per_label: int, seed: int,
              progress: bool) -> tuple[list[dict], list[torch.Tensor]]:
     """Scored rows (teacher, teacher few-step, student per step count) and the pictures'
     columns (the first labels, same noise) for one student."""
-    cfg = resolve(Path(student_dir) / CONFIG)
-    d, student, teacher = cfg.distill, load(student_dir), judge.pipe
+    student, teacher = load(student_dir), judge.pipe
+    cfg = student.config
+    d = cfg.distill
     labels = range(len(judge.data.label_names))
     guided = {"guidance_interval": d.guidance_interval}
     plan = [("teacher", teacher, d.teacher_sampler, d.teacher_steps, d.guidance, guided)]

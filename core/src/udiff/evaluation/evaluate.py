@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
-from ..config import resolve
 from ..errors import UdiffError
 from ..images import grid
 from ..run.files import write_json
-from ..run.layout import CONFIG
 from ..sampling import load
 from .memorization import NearCopies, pairs_picture
 from .quality import (
@@ -57,7 +55,7 @@ class Judge:
         self.sampler_name, self.steps, self.guidance = self.pipe.settings(None, guidance,
                                                                           scheduler)
         self.pipe.scheduler(self.sampler_name)  # another family's sampler fails here, before work
-        self.cfg = resolve(Path(run_dir) / CONFIG)
+        self.cfg = self.pipe.config
         self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
                                          self.cfg.data.channels)
         self.classifier, self.reference_accuracy = train_reference(

@@ -67,10 +67,11 @@ class Pipeline:
 
         stack = assemble(ctx, denoiser, loader(run_dir / "conditioner", "conditioner", shared))
         comp, sched_cfg, _ = component_of(run_dir / "scheduler", "scheduler")
+        config = resolve(run_dir / CONFIG)
         pipe = cls(autoencoder, stack.denoiser, stack.conditioner, comp.name, sched_cfg,
                    run["labels"], ae_meta["scaling_factor"], stack.context,
-                   sampling=defaults.run_sampling(resolve(run_dir / CONFIG)))
-        pipe.run_dir = run_dir
+                   sampling=defaults.run_sampling(config))
+        pipe.run_dir, pipe.config = run_dir, config  # the run's TrainConfig, read once
         if shared is not None:
             pipe.adapter = den_meta["meta"].get("adapter")
         return pipe.to(device)

@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 
 from .. import plugins
-from ..config import resolve
 from ..errors import UdiffError
 from ..plugins import defaults
 from ..run.directory import Shared, complete_run
-from ..run.layout import CONFIG
 from ..sampling.guidance import valid_interval
 from ..sampling.pipeline import Pipeline
 from .schema import ApiError, GenerateRequest, Limits, Work
@@ -99,10 +97,9 @@ def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
     for path in check(dirs):
         start = time.perf_counter()
         pipe = Pipeline.from_run(path, device, shared=shared)
-        cfg = resolve(path / CONFIG)
-        name = path.resolve().name
-        runs[name] = ServedRun(name, path, pipe, cfg.denoiser.name)
-        print(f"udiff serve: loaded {name} ({cfg.denoiser.name}"
+        name, backbone = path.resolve().name, pipe.config.denoiser.name
+        runs[name] = ServedRun(name, path, pipe, backbone)
+        print(f"udiff serve: loaded {name} ({backbone}"
               f"{', LoRA on a shared base' if pipe.adapter else ''}) in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return runs
