@@ -9,7 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from udiff import plugins
 from udiff.cli import main
@@ -77,6 +79,20 @@ def run_udiff(*argv: str, env: dict | None = None) -> subprocess.CompletedProces
     """The real console entry point in a fresh process."""
     return subprocess.run([sys.executable, "-m", "udiff", *map(str, argv)], capture_output=True,
                           text=True, env=env, timeout=600)
+
+
+def write_folder(root, labels=3, per_label=12, size=16, names=None):
+    """A small RGB folder dataset whose labels differ in colour (folders ``user0``... or
+    ``names``)."""
+    rng = np.random.default_rng(0)
+    names = names or [f"user{k}" for k in range(labels)]
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_label):
+            arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            arr[..., k % 3] += 180
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, write_folder
 from udiff import plugins
 
 QUICK = ["--per-label", "10", "--steps", "10"]
@@ -53,18 +53,6 @@ def test_eval_separates_trained_from_untrained_and_real_beats_both(cli, tmp_path
     assert good["fid"] < 0.5 * bad["fid"] and good["kid"] < 0.5 * bad["kid"], (good, bad)
     assert good["autoencoder"] == bad["autoencoder"]  # the same autoencoder, the same score
     assert good["autoencoder"]["held_out"] and good["autoencoder"]["psnr"] > 20
-
-
-def write_folder(root, labels=3, per_label=12, size=16):
-    """A small RGB folder dataset whose labels differ in colour."""
-    rng = np.random.default_rng(0)
-    for k in range(labels):
-        (root / f"user{k}").mkdir(parents=True)
-        for i in range(per_label):
-            arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            arr[..., k] += 180
-            Image.fromarray(arr).save(root / f"user{k}" / f"{i}.png")
-    return root
 
 
 def inception_file(path):

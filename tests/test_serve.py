@@ -3,6 +3,7 @@ batching, overload, cancel, auth, injected failures, bad requests, LoRA runs on 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
@@ -12,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from serving import Live, call, decode, poll
 
 import udiff
-from conftest import run_udiff
+from conftest import TINY, run_udiff
 from udiff.cli import main
 
 pytest.importorskip("fastapi")
@@ -30,6 +32,16 @@ def close(a: np.ndarray, b: np.ndarray) -> None:
     """Equal within 1/255 per pixel."""
     assert a.shape == b.shape
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def flow_run(tiny_run, tmp_path_factory):
+    """A tiny rectified-flow run on tiny_run's autoencoder (served with Euler)."""
+    out = tmp_path_factory.mktemp("flow") / "flow"
+    args = [a for a in TINY if a not in ("--autoencoder-steps", "20")]
+    assert main(["train", "--data", "digits", "--backbone", "unet", *args, "--scheduler", "flow",
+                 "--autoencoder", str(tiny_run), "--out", str(out)]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +86,52 @@ def test_alone_and_batched_results_equal_the_librarys(live, tiny_run):
     close(plain, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++"))
     assert np.abs(guided.astype(int) - plain.astype(int)).max() > 1  # the options did something
 
-    # DDPM draws noise at each step: its requests run alone, from their own generator.
-    ddpm = [{"labels": [2], "per_label": 2, "steps": 5, "sampler": "ddpm", "seed": s}
-            for s in (1, 2)]
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda b: live.call("POST", "/v1/generate", b), ddpm))
-    for b, (status, _, result) in zip(ddpm, results, strict=True):
-        assert status == 200 and result["timing"]["batch_images"] == 2
-        close(decode(result), library(tiny_run, [2], 2, 5, 6.0, b["seed"], "ddpm"))
-
 
 def test_absent_seed_is_random_and_echoed_and_png_grid(live, tiny_run):
     _, _, a = live.call("POST", "/v1/generate", {"labels": [0], "steps": 3})
     _, _, b = live.call("POST", "/v1/generate", {"labels": [0], "steps": 3})
     assert a["seed"] != b["seed"]
     close(decode(a), library(tiny_run, [0], 1, 3, 6.0, a["seed"], "dpm++"))
-    status, headers, png = live.call("POST", "/v1/generate", {"labels": [0, 1], "per_label": 2,
-                                                              "steps": 3},
-                                     headers={"Accept": "image/png"})
+    body = {"labels": [0, 1], "per_label": 2, "steps": 3, "seed": 21}
+    status, headers, png = live.call("POST", "/v1/generate", body, headers={"Accept": "image/png"})
     assert status == 200 and headers["content-type"] == "image/png"
-    assert png.startswith(b"\x89PNG")
+    # The grid is the JSON response's images: a row per label, each upscaled 3x (nearest).
+    want = decode(live.call("POST", "/v1/generate", body)[2])  # [4, 16, 16]
+    sheet, step = np.asarray(Image.open(io.BytesIO(png))), 16 * 3 + 2
+    assert sheet.shape == (2 + 2 * step, 2 + 2 * step)
+    cells = [sheet[2 + r * step: 2 + r * step + 48: 3, 2 + c * step: 2 + c * step + 48: 3]
+             for r in range(2) for c in range(2)]
+    close(np.stack(cells), want)
+
+
+def test_ddpm_runs_alone_where_ddim_shares_a_batch(live, tiny_run):
+    """Queued together behind a blocker: DDIM jobs (deterministic) share one batch; DDPM jobs,
+    which draw noise at every step, each run alone from their own generator."""
+    blocker = busy(live)
+    jobs = [(sampler, seed, live.call("POST", "/v1/jobs", {
+        "labels": [2], "per_label": 2, "steps": 5, "sampler": sampler, "seed": seed})[2]["id"])
+        for sampler in ("ddpm", "ddim") for seed in (1, 2)]
+    live.call("DELETE", f"/v1/jobs/{blocker}")
+    for sampler, seed, job_id in jobs:
+        job = poll(live, job_id)
+        assert job["status"] == "succeeded", job
+        assert job["result"]["sampler"] == sampler
+        assert job["result"]["timing"]["batch_images"] == (2 if sampler == "ddpm" else 4)
+        close(decode(job["result"]), library(tiny_run, [2], 2, 5, 6.0, seed, sampler))
+
+
+def test_a_flow_run_is_served_with_euler(tiny_run, flow_run):
+    with Live([tiny_run, flow_run], linger_ms=0) as live:
+        runs = {r["name"]: r for r in live.call("GET", "/v1/runs")[2]["runs"]}
+        assert runs[flow_run.name]["objective"]["family"] == "flow"
+        assert runs[flow_run.name]["defaults"]["sampler"] == "flow"
+        body = {"run": flow_run.name, "labels": [3], "per_label": 2, "steps": 6, "guidance": 2.0,
+                "seed": 4}
+        status, _, result = live.call("POST", "/v1/generate", body)
+        assert status == 200 and result["sampler"] == "flow", result
+        close(decode(result), library(flow_run, [3], 2, 6, 2.0, 4, "flow"))
+        status, _, data = live.call("POST", "/v1/generate", {**body, "sampler": "ddim"})
+        assert (status, data["error"]["field"]) == (422, "sampler")  # another family's sampler
 
 
 def test_sixteen_concurrent_requests_take_fewer_than_sixteen_batches(live):
@@ -125,7 +163,9 @@ def test_cancel_one_job_of_a_running_batch(live, tiny_run):
         assert done[k]["result"]["timing"]["batch_images"] == 3  # they ran together
         close(decode(done[k]["result"]), library(tiny_run, [k], 1, 60, 4.0, k, "dpm++"))
     assert live.call("DELETE", f"/v1/jobs/{ids[0]}")[0] == 409  # finished: nothing to cancel
-    assert live.call("GET", "/v1/jobs/nope")[2]["error"]["field"] == "id"
+    for method in ("GET", "DELETE"):
+        status, _, data = live.call(method, "/v1/jobs/nope")
+        assert (status, data["error"]["code"], data["error"]["field"]) == (404, "unknown_job", "id")
 
 
 def busy(live) -> str:
@@ -339,15 +379,27 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port)
+        lines, draining = [], threading.Event()
+
+        def read_stderr():
+            for line in proc.stderr:
+                lines.append(line)
+                if "draining" in line:
+                    draining.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
         ids = [call(port, "POST", "/v1/jobs", {"labels": [k], "steps": 80, "seed": k})[2]["id"]
                for k in range(3)]
         sync = {}
         waiter = threading.Thread(target=lambda: sync.update(r=call(
             port, "POST", "/v1/generate", {"labels": [9], "steps": 80})))
         waiter.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60  # until the server has accepted all four
+        while sum(call(port, "GET", "/readyz")[2]["jobs"].values()) < 4:
+            assert time.monotonic() < deadline, "the four jobs were not accepted"
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        assert draining.wait(60), "".join(lines)
         status, _, data = call(port, "POST", "/v1/jobs", {"labels": [0]})
         assert status == 503 and data["error"]["code"] == "shutting_down"
         assert call(port, "GET", "/readyz")[0] == 503
@@ -356,8 +408,9 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
         assert [j["status"] for j in jobs] == ["succeeded"] * 3
         assert sync["r"][0] == 200
         assert proc.wait(60) == 0
-        err = proc.stderr.read()
-        assert "draining" in err and "warning: listening on 0.0.0.0 without --token-file" in err
+        reader.join(10)
+        err = "".join(lines)
+        assert "draining: 4 job(s) to finish" in err and "warning: listening on 0.0.0.0 without --token-file" in err
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

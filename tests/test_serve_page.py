@@ -3,11 +3,19 @@ browser download). ``.ci/run`` installs chromium; without it the test says so an
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 
+import numpy as np
 import pytest
-from serving import Live
+from PIL import Image
+from serving import Live, call
+
+import udiff
+from conftest import TINY, write_folder
+from udiff.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if os.environ.get("UDIFF_REQUIRE_BROWSER"):  # .ci/run: the browser and its driver must be here
@@ -19,17 +27,36 @@ pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run):
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    """A tiny run on a folder whose labels are names, not digits (alice, bob, carol)."""
+    root = tmp_path_factory.mktemp("named")
+    data = write_folder(root / "users", names=["alice", "bob", "carol"])
+    assert main(["train", "--data", str(data), "--backbone", "unet", *TINY,
+                 "--out", str(root / "named")]) == 0
+    return root / "named"
+
+
+def shown_images(page) -> np.ndarray:
+    """The grid's images as the browser holds them: ``[N, H, W(, C)]`` uint8."""
+    srcs = page.eval_on_selector_all("#grid img", "els => els.map(i => i.src)")
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))))
+                     for s in srcs])
+
+
+def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, named_run):
     if CHROMIUM is None:  # .ci/run installs it and sets UDIFF_REQUIRE_BROWSER: never a skip there
         pytest.skip("no chromium here (apt-get install -y chromium)")
-    with Live([tiny_run]) as live, sync_api.sync_playwright() as p:
+    with Live([tiny_run, named_run], token="s3cret") as live, sync_api.sync_playwright() as p:
+        assert call(live.port, "GET", "/")[0] == 401  # the page needs the token too
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 900, "height": 640})
         offline = []
         page.on("request", lambda r: r.url.startswith(f"http://127.0.0.1:{live.port}/")
                 or offline.append(r.url))
-        page.goto(f"http://127.0.0.1:{live.port}/")
+        page.goto(f"http://127.0.0.1:{live.port}/?token=s3cret")  # opened from a link
         page.wait_for_selector("body[data-ready]")
+        page.select_option("#run", tiny_run.name)
         page.select_option("#label", "7")
         page.fill("#count", "4")
         page.fill("#steps", "8")
@@ -52,5 +79,24 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run):
         message = page.text_content("#error")
         assert message.startswith("steps:") and "over this server's limit 100" in message
         assert page.eval_on_selector_all("#grid img", "els => els.length") == 0
+        # A run whose labels are names: pick "carol" by its name; the images are label 2's, as
+        # the library makes them (the page sent the token with every call it made).
+        page.select_option("#run", named_run.name)
+        assert page.eval_on_selector_all("#label option", "els => els.map(o => o.textContent)") \
+            == ["alice", "bob", "carol"]
+        page.select_option("#label", label="carol")
+        page.fill("#count", "2")
+        page.fill("#steps", "6")
+        page.fill("#seed", "3")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#grid img').length === 2 && "
+                               "[...document.querySelectorAll('#grid img')].every(i => i.complete"
+                               " && i.naturalWidth > 0)")
+        assert page.eval_on_selector_all("#grid img", "els => els.map(i => i.alt)") == ["carol"] * 2
+        guidance = float(page.input_value("#guidance"))
+        want = np.stack([np.asarray(im) for im in udiff.load(named_run).sample(
+            [2], 2, 6, guidance, 3)])
+        got = shown_images(page)
+        assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
         assert offline == []  # nothing outside this server was requested
         browser.close()

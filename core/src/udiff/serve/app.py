@@ -81,7 +81,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         if service.draining or not service.ready.is_set():
             status = "draining" if service.draining else "loading"
             return JSONResponse({"status": status}, status_code=503)
-        return {"status": "ready", "runs": list(service.runs)}
+        return {"status": "ready", "runs": list(service.runs), "jobs": service.job_counts()}
 
     @app.get("/v1/runs")
     async def runs():

@@ -40,6 +40,11 @@ class Service:
         return {"runs": [r.describe() for r in self.runs.values()],
                 "limits": self.limits.model_dump()}
 
+    def job_counts(self) -> dict[str, int]:
+        """Accepted jobs not yet final, by status (a load balancer's or a test's view)."""
+        jobs = self.jobs.values()
+        return {status: sum(j.status == status for j in jobs) for status in ("queued", "running")}
+
     def run_of(self, req: GenerateRequest) -> ServedRun:
         if req.run is None and len(self.runs) == 1:
             return next(iter(self.runs.values()))
