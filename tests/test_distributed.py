@@ -159,13 +159,18 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
             assert max_difference(weights(resumed, part), weights(sharded, part)) <= 1e-5, name
 
 
-def launcher(out: Path, *extra: str) -> subprocess.Popen:
-    """``udiff train --num-processes 2`` as a scheduler starts it (its own process group)."""
-    argv = [*BASE[:-len(STEPS)], "--max-steps", "60", "--checkpoint-every", "3",
-            "--batch-size", "16", "--lr", "2e-3", "--autoencoder-steps", "6",
-            "--num-processes", "2", "--out", str(out), *extra]
-    return subprocess.Popen([sys.executable, "-m", "udiff", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+LONG = [*BASE[:-len(STEPS)], "--max-steps", "60", "--checkpoint-every", "3", "--batch-size", "16",
+        "--lr", "2e-3", "--autoencoder-steps", "6"]
+
+
+def launcher(out: Path, *extra: str, by_hand: bool = False) -> subprocess.Popen:
+    """``udiff train --num-processes 2`` as a scheduler starts it (its own process group), or
+    (``by_hand``) the ``accelerate launch`` command a user would type instead."""
+    argv = [*LONG, "--out", str(out), *extra]
+    cmd = (command(argv, 2, "no") if by_hand else
+           [sys.executable, "-m", "udiff", *argv, "--num-processes", "2"])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def processes_writing(out: Path) -> list[int]:
@@ -180,54 +185,129 @@ def processes_writing(out: Path) -> list[int]:
     return found
 
 
-def first_denoiser_checkpoint(out: Path, proc: subprocess.Popen) -> None:
+def newest_step(out: Path) -> int:
+    from udiff.run.checkpoints import Checkpointer
+
+    return Checkpointer.state(Checkpointer(out).latest(warn=False))["step"]
+
+
+def first_denoiser_checkpoint(out: Path, proc: subprocess.Popen) -> int:
+    """Wait for stage 2's first checkpoint; the newest step saved so far."""
     deadline = time.monotonic() + 300
     while not list((out / "checkpoints").glob("*-denoiser-*/COMPLETE")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
         time.sleep(0.05)
+    return newest_step(out)
 
 
-@pytest.mark.slow
-@pytest.mark.acceptance  # four 2-process runs: after the suite (.ci/run)
-def test_sigterm_or_sigkill_to_the_launcher_of_two_processes(tmp_path):
-    from udiff.run.checkpoints import Checkpointer
+def saved_on_the_way_out(out: Path, err: str, before: int, sig: str) -> int:
+    """The workers wrote a checkpoint newer than the one seen before the signal (the one the
+    signal made: its line names it), and no process of the run is left; the lock is free."""
     from udiff.run.lock import RunLock
 
-    reference = tmp_path / "reference"
-    proc = launcher(reference)
-    assert proc.wait(600) == 0, proc.stderr.read()[-3000:]
-
-    # SIGTERM to the launcher's pid only: both workers checkpoint the same step, exit 143.
-    out = tmp_path / "term"
-    proc = launcher(out)
-    first_denoiser_checkpoint(out, proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err[-3000:]
-    assert "(SIGTERM); continue with --resume" in err and "SIGTERM forwarded" in err
-    step = Checkpointer.state(Checkpointer(out).latest(warn=False))["step"]
-    assert 3 <= step < 60 and not (out / "run.json").exists()
-    assert processes_writing(out) == []
-    proc = launcher(out, "--resume")
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and f"-denoiser-{step:09d}" in err, err[-3000:]
-    for part in ("denoiser", "conditioner"):
-        assert max_difference(weights(out, part), weights(reference, part)) == 0, part
-
-    # SIGKILL of the launcher: the workers notice, checkpoint, exit; nothing is left running.
-    out = tmp_path / "kill"
-    proc = launcher(out)
-    first_denoiser_checkpoint(out, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    step = newest_step(out)
+    assert before < step < 60 and not (out / "run.json").exists(), (before, step)
+    assert f"checkpoint denoiser step {step} saved ({sig}); continue with --resume" in err, \
+        err[-3000:]
     deadline = time.monotonic() + 60
     while processes_writing(out) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_writing(out) == []
     with RunLock(out):  # free
         pass
-    proc = subprocess.run([sys.executable, "-m", "udiff", *BASE[:-len(STEPS)], "--max-steps",
-                           "60", "--checkpoint-every", "3", "--batch-size", "16", "--lr", "2e-3",
-                           "--autoencoder-steps", "6", "--resume", "--out", str(out)],
+    return step
+
+
+@pytest.fixture(scope="module")
+def reference_2p(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("two") / "reference"
+    proc = launcher(out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance  # 2-process runs: after the suite (.ci/run)
+def test_sigterm_to_the_launcher_checkpoints_and_resumes_exactly(reference_2p, tmp_path):
+    """SIGTERM to the launcher's pid only: both workers checkpoint the same step, exit 143."""
+    out = tmp_path / "term"
+    proc = launcher(out)
+    before = first_denoiser_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM forwarded" in err
+    step = saved_on_the_way_out(out, err, before, "SIGTERM")
+    proc = launcher(out, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and f"-denoiser-{step:09d}" in err, err[-3000:]
+    for part in ("denoiser", "conditioner"):
+        assert max_difference(weights(out, part), weights(reference_2p, part)) == 0, part
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance
+def test_ctrl_c_in_a_terminal_reaches_the_workers_once(tmp_path):
+    """A terminal sends SIGINT to its foreground process group: the launcher's. The workers, in
+    accelerate's own session, get it once (forwarded): a checkpoint, not 'stop at once'."""
+    out = tmp_path / "int"
+    proc = launcher(out)
+    before = first_denoiser_checkpoint(out, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.count("SIGINT forwarded") == 1
+    saved_on_the_way_out(out, err, before, "SIGINT")
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance
+def test_sigkill_of_the_launcher_checkpoints_and_resumes(reference_2p, tmp_path):
+    """The workers see their launcher gone, checkpoint, exit; the run resumes (on one process)
+    to the uninterrupted 2-process run's weights."""
+    out = tmp_path / "kill"
+    proc = launcher(out)
+    before = first_denoiser_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)  # until the workers close the pipe
+    assert "the launching process is gone" in err
+    step = saved_on_the_way_out(out, err, before, "SIGTERM")
+    proc = subprocess.run([sys.executable, "-m", "udiff", *LONG, "--resume", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "continuing from" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"continuing from 1-denoiser-{step:09d}" in proc.stderr
+    for part in ("denoiser", "conditioner"):
+        assert max_difference(weights(out, part), weights(reference_2p, part)) <= 1e-5, part
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance
+def test_sigkill_of_the_agent_checkpoints_and_the_launcher_says_so(tmp_path):
+    """SIGKILL of ``accelerate launch`` (torch's elastic agent) under ``udiff``: the workers see
+    their parent gone and checkpoint; ``udiff`` exits 2 in one line naming the failure."""
+    out = tmp_path / "agent"
+    proc = launcher(out)
+    before = first_denoiser_checkpoint(out, proc)
+    agents = [pid for pid in processes_writing(out) if "accelerate.commands.launch" in
+              Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(agents) == 1
+    os.kill(agents[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    # Its line comes at once; the workers' lines (their checkpoint) follow it.
+    assert "udiff: error: training in 2 processes failed (exit -9" in err
+    saved_on_the_way_out(out, err, before, "SIGTERM")
+
+
+@pytest.mark.slow
+@pytest.mark.acceptance
+def test_sigterm_to_accelerate_launch_started_by_hand(tmp_path):
+    """The same without the ``udiff`` launcher: accelerate's agent passes SIGTERM on."""
+    out = tmp_path / "hand"
+    proc = launcher(out, by_hand=True)
+    before = first_denoiser_checkpoint(out, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-3000:]
+    saved_on_the_way_out(out, err, before, "SIGTERM")
