@@ -6,6 +6,7 @@ beat), and the student at K, K/2, ..., 1 steps (guidance 1: one forward pass per
 row samples the same labels from the same seeds and is scored by ``udiff eval``'s judge (built
 on the teacher's run). Milliseconds per image are timed in this one run, teacher and student on
 the same batch, so their ratio is the figure to read (issue 20: >= 4x at the student's K).
+Both training times (teacher and distillation) are read from the runs' own ``run.json``.
 Writes distill.json, distill.md and distill.png (samples at 1, 2, 4 and the teacher's steps).
 """
 
@@ -22,8 +23,8 @@ from ..errors import UdiffError
 from ..evaluation.evaluate import Judge
 from ..images import grid
 from ..run.directory import complete_run
-from ..run.files import prepare_out, write_json
-from ..run.layout import CONFIG
+from ..run.files import prepare_out, read_json, write_json
+from ..run.layout import CONFIG, RUN_FILE
 from ..sampling import load
 from . import tables
 from .serving import machine
@@ -101,7 +102,7 @@ def run(student_dirs: list[str], out: str | Path, per_label: int = 30, seed: int
             raise UdiffError(f"run {s} is not a distilled student (its config has no [distill])")
         judges.append(Judge(cfg.distill.teacher, seed, progress=progress))
     prepare_out(out, overwrite)
-    rows, pictures = [], []
+    rows, pictures, training = [], [], []
     for s, judge in zip(student_dirs, judges, strict=True):
         got, columns = rows_for(s, judge, per_label, seed, progress)
         teacher_ms = got[0]["ms_per_image"]
@@ -109,17 +110,29 @@ def run(student_dirs: list[str], out: str | Path, per_label: int = 30, seed: int
             r["speedup"] = round(teacher_ms / r["ms_per_image"], 2)
         rows += got
         pictures.append(columns)
+        training.append({"student": str(s), "teacher": str(judge.run_dir),
+                         "teacher_seconds": wall_seconds(judge.run_dir),
+                         "distill_seconds": wall_seconds(s)})
     result = {"machine": machine(), "per_label": per_label, "seed": seed,
-              "fid_features": judges[0].features.name, "rows": rows}
+              "fid_features": judges[0].features.name, "rows": rows, "training": training}
     write_json(out / "distill.json", result)
     (out / "distill.md").write_text(markdown(result))
     picture(pictures, rows, out / "distill.png")
     return result
 
 
+def wall_seconds(run_dir: str | Path) -> float:
+    """The wall time a run's training took, as its run.json recorded it."""
+    return round(read_json(Path(run_dir) / RUN_FILE, f"run {run_dir}")["wall_seconds"], 1)
+
+
 def markdown(result: dict) -> str:
+    times = "; ".join(f"{Path(t['student']).name}: distillation {t['distill_seconds']:.0f} s, "
+                      f"teacher's training {t['teacher_seconds']:.0f} s (run.json)"
+                      for t in result.get("training", []))
     return tables.report("distill", result, f"ms per image timed in this run (batch "
-                         f"{TIMING_BATCH}); speedup = the teacher's own sampling / this row.", [
+                         f"{TIMING_BATCH}); speedup = the teacher's own sampling / this row. "
+                         f"{times}", [
         ("backbone", lambda r: f"{r['backbone']} ({r['trained_with']})"),
         ("model", lambda r: r["model"]), ("sampler", lambda r: r["sampler"]),
         ("steps", lambda r: str(r["steps"])), ("guidance", lambda r: f"{r['guidance']:g}"),
