@@ -105,7 +105,7 @@ def test_the_default_epsilon_teacher_distils_to_4_2_and_1_steps(cli, tmp_path):
     taught = demo.run("unet", tmp_path / "demo", overrides=NOISE_DEMO, progress=False)
     teacher, student = tmp_path / "demo" / "run", tmp_path / "student"
     assert taught["trained_with"] == "ddpm" and taught["settings"]["scheduler"] == "dpm++"
-    code, _, err = cli("distill", teacher, "--steps", "4", "--out", student)
+    code, _, err = cli("distill", teacher, "--steps", "4", "--guidance", "2", "--out", student)
     assert code == 0, err
     assert "1024 guided samples of the teacher (20 steps of dpm++, guidance 2.0)" in err
     code, _, err = cli("bench", "distill", student, "--out", tmp_path / "bench")

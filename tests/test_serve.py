@@ -4,9 +4,6 @@ batching, overload, cancel, auth, injected failures, bad requests, LoRA runs on 
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serving import Live, call, decode, poll
+from serving import Live, decode, poll
 
 import udiff
-from conftest import TINY, run_udiff
+from conftest import TINY
 from udiff.cli import main
 
 pytest.importorskip("fastapi")
@@ -328,112 +325,6 @@ def test_lora_runs_share_one_base(lora_runs):
             assert status == 200, result
             close(decode(result), library(r, [4], 2, 5, 6.0, 3, "dpm++"))
         assert np.abs(decode(results[0][2]).astype(int) - decode(results[1][2])).max() > 1
-
-
-def test_cli_errors_are_one_line_before_listening(cli, tiny_run, tmp_path):
-    cli.fails("serve", tmp_path / "missing", match="does not exist")
-    incomplete = tmp_path / "incomplete"
-    incomplete.mkdir()
-    cli.fails("serve", incomplete, match="incomplete")
-    other = tmp_path / "other" / tiny_run.name
-    shutil.copytree(tiny_run, other)
-    cli.fails("serve", tiny_run, other, match="both named")
-    tampered = tmp_path / "tampered"
-    shutil.copytree(tiny_run, tampered)
-    (tampered / "denoiser" / "model.safetensors").write_bytes(b"\x00" * 64)
-    cli.fails("serve", tampered, "--port", "0", match="cannot load weights")
-    cli.fails("serve", tiny_run, "--max-queue", "0", match="--max-queue")
-    blocker = __import__("socket").socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    try:
-        cli.fails("serve", tiny_run, "--port", blocker.getsockname()[1], match="cannot listen")
-    finally:
-        blocker.close()
-
-
-def test_without_the_extra_one_line_names_it(tiny_run, tmp_path):
-    (tmp_path / "fastapi.py").write_text("raise ImportError('hidden for the test')\n")
-    import os
-
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = run_udiff("serve", tiny_run, env=env)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "udiff: error: udiff serve needs the extra: pip install 'udiff-core[serve]'"]
-
-
-def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    from serving import wait_ready
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "udiff", "serve", str(tiny_run), "--port",
-                             str(port), "--device", "cpu", "--host", "0.0.0.0"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_ready(port)
-        lines, draining = [], threading.Event()
-
-        def read_stderr():
-            for line in proc.stderr:
-                lines.append(line)
-                if "draining" in line:
-                    draining.set()
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        ids = [call(port, "POST", "/v1/jobs", {"labels": [k], "steps": 80, "seed": k})[2]["id"]
-               for k in range(3)]
-        sync = {}
-        waiter = threading.Thread(target=lambda: sync.update(r=call(
-            port, "POST", "/v1/generate", {"labels": [9], "steps": 80})))
-        waiter.start()
-        deadline = time.monotonic() + 60  # until the server has accepted all four
-        while sum(call(port, "GET", "/readyz")[2]["jobs"].values()) < 4:
-            assert time.monotonic() < deadline, "the four jobs were not accepted"
-        proc.send_signal(signal.SIGTERM)
-        assert draining.wait(60), "".join(lines)
-        status, _, data = call(port, "POST", "/v1/jobs", {"labels": [0]})
-        assert status == 503 and data["error"]["code"] == "shutting_down"
-        assert call(port, "GET", "/readyz")[0] == 503
-        jobs = [poll(port, i) for i in ids]
-        waiter.join(60)
-        assert [j["status"] for j in jobs] == ["succeeded"] * 3
-        assert sync["r"][0] == 200
-        assert proc.wait(60) == 0
-        reader.join(10)
-        err = "".join(lines)
-        assert "draining: 4 job(s) to finish" in err and "warning: listening on 0.0.0.0 without --token-file" in err
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-
-
-def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
-    out = tmp_path / "bench"
-    code, stdout, err = cli("bench", "serve", tiny_run, "--quick", "--concurrency", "1,4",
-                            "--out", out)
-    assert code == 0, err
-    result = json.loads((out / "serve.json").read_text())
-    at = {mode: {p["concurrency"]: p for p in ps} for mode, ps in result["points"].items()}
-    assert at["batching"][4]["mean_batch_images"] > 1  # 4 clients share batches
-    assert at["no batching"][4]["mean_batch_images"] == 1
-    assert result["ratios"]["lost"] == 0 and result["library_ms"] > 0
-    assert all(p["requests"] > 0 and p["status_503"] == 0 for ps in result["points"].values()
-               for p in ps)
-    assert "| batching | 4 |" in (out / "serve.md").read_text()
-    assert (out / "serve.png").read_bytes().startswith(b"\x89PNG")
-    assert "udiff bench serve: no batching, concurrency 4" in err  # progress, a line per point
-    cli.fails("bench", "serve", "--out", tmp_path / "x", match="serve RUN_DIR")
-    cli.fails("bench", "serve", tiny_run, "--concurrency", "0", "--out", tmp_path / "y",
-              match="--concurrency")
 
 
 def test_finished_jobs_are_kept_for_a_bounded_time_and_count(tiny_run):
