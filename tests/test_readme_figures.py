@@ -6,8 +6,8 @@ number with a decimal point, or any number with a unit of time or memory (``174 
 ``840 MB``), outside code, links and dates; a bound (after ``≤``, ``≥``, ``<``, ``>``, "at
 most", "at least") is a target or a limit, not a measurement, and is left out. A figure is held
 by a source when some number in those files, in the same unit or a plain conversion of it
-(×1000, ÷1000, ÷60, ÷10⁶, ÷2²⁰, ×100, ...), rounds to it at the README's precision. Every results folder is named with its
-date and records the machine it ran on."""
+(×1000, ÷1000, ÷60, ÷10⁶, ÷2²⁰, ×100, ...), rounds to it at the README's precision. Every
+results folder is named with its date and records the machine it ran on."""
 
 from __future__ import annotations
 
