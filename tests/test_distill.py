@@ -94,12 +94,13 @@ NOISE_DEMO = {"scheduler": {"name": "ddpm", "options": {"snr_gamma": 5.0}},
 
 
 @pytest.mark.slow
-@ACCEPTANCE  # ~6 minutes: a demo-sized teacher, its student, every row scored at 30 per label
+@ACCEPTANCE  # ~9 minutes here: a demo-sized teacher, its student, 3 evals at 30 per label
 def test_the_default_epsilon_teacher_distils_to_4_2_and_1_steps(cli, tmp_path):
     """`udiff distill --steps 4` of the epsilon demo teacher: at 4, 2 and 1 steps (guidance 1)
     label accuracy within 0.02 of the teacher's 20 guided steps and FID at most 1.5x its FID
-    (the README's bounds); the bench's rows are exactly `udiff eval`'s; the export is DDIM
-    trailing with v-prediction (the student's objective)."""
+    (the README's bounds, against the teacher's `udiff eval` as the demo ran it); the export is
+    DDIM trailing with v-prediction (the student's objective). A `udiff bench distill` row equals
+    `udiff eval` exactly: the suite's bench test."""
     from udiff.commands import demo
 
     taught = demo.run("unet", tmp_path / "demo", overrides=NOISE_DEMO, progress=False)
@@ -108,27 +109,15 @@ def test_the_default_epsilon_teacher_distils_to_4_2_and_1_steps(cli, tmp_path):
     code, _, err = cli("distill", teacher, "--steps", "4", "--guidance", "2", "--out", student)
     assert code == 0, err
     assert "1024 guided samples of the teacher (20 steps of dpm++, guidance 2.0)" in err
-    code, _, err = cli("bench", "distill", student, "--out", tmp_path / "bench")
-    assert code == 0, err
-    rows = json.loads((tmp_path / "bench" / "distill.json").read_text())["rows"]
-    first = rows[0]
-    assert (first["model"], first["sampler"], first["steps"], first["guidance"]) == (
-        "teacher", "dpm++", 20, 2.0)
-    for key in ("label_accuracy", "fid", "kid", "diversity"):  # the demo's own eval, exactly
-        assert first[key] == taught[key], key
-    students = {r["steps"]: r for r in rows if r["model"] == "student"}
-    assert sorted(students) == [1, 2, 4]
-    for k, r in students.items():
-        print(f"student {k} steps: {r['label_accuracy']:.3f} / FID {r['fid']:.1f} (teacher "
-              f"{first['label_accuracy']:.3f} / {first['fid']:.1f})")
-        assert r["label_accuracy"] >= first["label_accuracy"] - 0.02, (k, r)
-        assert r["fid"] <= 1.5 * first["fid"], (k, r)
-    code, _, err = cli("eval", student, "--out", tmp_path / "m.json")  # its own 4 steps
-    assert code == 0, err
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert (m["settings"]["scheduler"], m["settings"]["steps"]) == ("ddim", 4)
-    for key in ("label_accuracy", "fid", "kid", "diversity"):
-        assert m[key] == students[4][key], key
+    for k in (4, 2, 1):  # `udiff eval` of the student at its own sampler, guidance 1
+        code, _, err = cli("eval", student, "--steps", k, "--out", tmp_path / f"m{k}.json")
+        assert code == 0, err
+        m = json.loads((tmp_path / f"m{k}.json").read_text())
+        assert (m["settings"]["scheduler"], m["settings"]["guidance"]) == ("ddim", 1.0)
+        print(f"student {k} steps: {m['label_accuracy']:.3f} / FID {m['fid']:.1f} (teacher "
+              f"{taught['label_accuracy']:.3f} / {taught['fid']:.1f})")
+        assert m["label_accuracy"] >= taught["label_accuracy"] - 0.02, (k, m["label_accuracy"])
+        assert m["fid"] <= 1.5 * taught["fid"], (k, m["fid"])
     code, _, err = cli("export", student, "--format", "diffusers", "--out", tmp_path / "x")
     assert code == 0, err
     sched = json.loads((tmp_path / "x" / "scheduler" / "scheduler_config.json").read_text())

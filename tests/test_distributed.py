@@ -218,6 +218,16 @@ def saved_on_the_way_out(out: Path, err: str, before: int, sig: str) -> int:
     return step
 
 
+def interrupted(out: Path, send, **launch) -> tuple[subprocess.Popen, str, int]:
+    """Start a 2-process run, wait for stage 2's first checkpoint, ``send(proc)`` a signal; the
+    finished process, its stderr and the newest step saved before the signal."""
+    proc = launcher(out, **launch)
+    before = first_denoiser_checkpoint(out, proc)
+    send(proc)
+    _, err = proc.communicate(timeout=300)  # until the workers close the pipe
+    return proc, err, before
+
+
 @pytest.fixture(scope="module")
 def reference_2p(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two") / "reference"
@@ -232,10 +242,7 @@ def reference_2p(tmp_path_factory) -> Path:
 def test_sigterm_to_the_launcher_checkpoints_and_resumes_exactly(reference_2p, tmp_path):
     """SIGTERM to the launcher's pid only: both workers checkpoint the same step, exit 143."""
     out = tmp_path / "term"
-    proc = launcher(out)
-    before = first_denoiser_checkpoint(out, proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    proc, err, before = interrupted(out, lambda p: os.kill(p.pid, signal.SIGTERM))
     assert proc.returncode == 143, err[-3000:]
     assert "SIGTERM forwarded" in err
     step = saved_on_the_way_out(out, err, before, "SIGTERM")
@@ -252,10 +259,7 @@ def test_ctrl_c_in_a_terminal_reaches_the_workers_once(tmp_path):
     """A terminal sends SIGINT to its foreground process group: the launcher's. The workers, in
     accelerate's own session, get it once (forwarded): a checkpoint, not 'stop at once'."""
     out = tmp_path / "int"
-    proc = launcher(out)
-    before = first_denoiser_checkpoint(out, proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    proc, err, before = interrupted(out, lambda p: os.killpg(p.pid, signal.SIGINT))
     assert proc.returncode == 130, err[-3000:]
     assert err.count("SIGINT forwarded") == 1
     saved_on_the_way_out(out, err, before, "SIGINT")
@@ -267,10 +271,7 @@ def test_sigkill_of_the_launcher_checkpoints_and_resumes(reference_2p, tmp_path)
     """The workers see their launcher gone, checkpoint, exit; the run resumes (on one process)
     to the uninterrupted 2-process run's weights."""
     out = tmp_path / "kill"
-    proc = launcher(out)
-    before = first_denoiser_checkpoint(out, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)  # until the workers close the pipe
+    proc, err, before = interrupted(out, lambda p: os.kill(p.pid, signal.SIGKILL))
     assert "the launching process is gone" in err
     step = saved_on_the_way_out(out, err, before, "SIGTERM")
     proc = subprocess.run([sys.executable, "-m", "udiff", *LONG, "--resume", "--out", str(out)],
@@ -287,13 +288,14 @@ def test_sigkill_of_the_agent_checkpoints_and_the_launcher_says_so(tmp_path):
     """SIGKILL of ``accelerate launch`` (torch's elastic agent) under ``udiff``: the workers see
     their parent gone and checkpoint; ``udiff`` exits 2 in one line naming the failure."""
     out = tmp_path / "agent"
-    proc = launcher(out)
-    before = first_denoiser_checkpoint(out, proc)
-    agents = [pid for pid in processes_writing(out) if "accelerate.commands.launch" in
-              Path(f"/proc/{pid}/cmdline").read_text()]
-    assert len(agents) == 1
-    os.kill(agents[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
+
+    def kill_the_agent(proc):
+        agents = [pid for pid in processes_writing(out) if "accelerate.commands.launch" in
+                  Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(agents) == 1
+        os.kill(agents[0], signal.SIGKILL)
+
+    proc, err, before = interrupted(out, kill_the_agent)
     assert proc.returncode == 2, err[-3000:]
     # Its line comes at once; the workers' lines (their checkpoint) follow it.
     assert "udiff: error: training in 2 processes failed (exit -9" in err
@@ -305,9 +307,6 @@ def test_sigkill_of_the_agent_checkpoints_and_the_launcher_says_so(tmp_path):
 def test_sigterm_to_accelerate_launch_started_by_hand(tmp_path):
     """The same without the ``udiff`` launcher: accelerate's agent passes SIGTERM on."""
     out = tmp_path / "hand"
-    proc = launcher(out, by_hand=True)
-    before = first_denoiser_checkpoint(out, proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    proc, err, before = interrupted(out, lambda p: os.kill(p.pid, signal.SIGTERM), by_hand=True)
     assert proc.returncode != 0, err[-3000:]
     saved_on_the_way_out(out, err, before, "SIGTERM")

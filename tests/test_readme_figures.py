@@ -12,7 +12,6 @@ results folder is named with its date and records the machine it ran on."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -22,10 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SOURCES = re.compile(r"<!--\s*figures:\s*(.*?)-->", re.S)
 UNIT = r"(?:\s?(?:ms|s|min|minutes|MB|MiB|GB|GiB|KB)\b)"
-FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+(?=" + UNIT + r"))(?![\w.]*\.\d)")
+FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+(?=" + UNIT + r"))(?![\w.]*\.\d)"
+                    r"(?:\s?(ms|s|min|minutes|MB|MiB|GB|GiB|KB|%)(?![\w]))?")
 BOUND = re.compile(r"(?:≤|≥|<|>|at most|at least)\s*$")
-SCALES = (1, 1e3, 1e-3, 1e6, 1e-6, 1e-9, 1 / 60, 1 / 3600, 1e3 / 60, 100, 1 / 2**20, 1 / 2**30,
-          1e-3 / 60)
+# The conversions a figure may be of a held number, by the figure's unit: a time (held in s or
+# ms), a size (held in bytes or MB), a share (held as a fraction), else a plain number (the same,
+# ×1e3 as KID is shown, or millions/billions as parameters and MACs are).
+TIME = (1, 1e3, 1e-3, 1 / 60, 1e-3 / 60)
+SCALES = {"ms": TIME, "s": TIME, "min": TIME, "minutes": TIME, "%": (100,),
+          "MB": (1, 1e-6, 2**-20), "MiB": (1, 1e-6, 2**-20), "GB": (1, 1e-9, 2**-30),
+          "GiB": (1, 1e-9, 2**-30), "KB": (1, 1e-3, 2**-10), "": (1, 1e3, 1e-3, 1e-6, 1e-9)}
 
 
 def sections(text: str) -> list[tuple[str, str]]:
@@ -45,7 +50,7 @@ def figures(body: str) -> list[str]:
     found = []
     for m in FIGURE.finditer(prose):
         if not BOUND.search(prose[max(0, m.start() - 12):m.start()]):
-            found.append(m.group(1))
+            found.append(m.group(1) + (f" {m.group(2)}" if m.group(2) else ""))
     return found
 
 
@@ -61,16 +66,17 @@ def numbers_in(path: Path) -> set[float]:
     return held
 
 
-def tolerance(figure: str) -> float:
-    mantissa, _, exponent = figure.partition("e")
+def tolerance(number: str) -> float:
+    mantissa, _, exponent = number.partition("e")
     decimals = len(mantissa.partition(".")[2])
     return 0.5 * 10 ** (int(exponent or 0) - decimals) * (1 + 1e-9)
 
 
 def held(figure: str, numbers: set[float]) -> bool:
-    value, tol = float(figure), tolerance(figure)
-    return any(math.isclose(h * s, value, abs_tol=tol) or abs(h * s - value) <= tol
-               for h in numbers for s in SCALES)
+    """``figure``: a number with its unit (``"174 s"``, ``"0.94 %"``, ``"6.3"``)."""
+    number, _, unit = figure.partition(" ")
+    value, tol = float(number), tolerance(number)
+    return any(abs(h * s - value) <= tol for h in numbers for s in SCALES[unit])
 
 
 def test_every_readme_figure_is_held_by_a_result_file_of_its_section():
@@ -97,7 +103,9 @@ def test_every_results_folder_has_its_date_and_machine():
 
 
 @pytest.mark.parametrize("body, want", [
-    ("accuracy 0.993, FID 6.3 in 174 s (batch 48, ≤ 300 s, at most 0.02)", ["0.993", "6.3", "174"]),
+    ("accuracy 0.993, FID 6.3 in 174 s (batch 48, ≤ 300 s, at most 0.02)",
+     ["0.993", "6.3", "174 s"]),
+    ("trains 0.94% of it in 2.5 min, 840 MB", ["0.94 %", "2.5 min", "840 MB"]),
     ("`--lr 2e-3` on 2026-11-30, torch 2.14.1, ![x](docs/a-1.5.png) 2.0e-6", ["2.0e-6"]),
 ])
 def test_what_counts_as_a_figure(body, want):
@@ -105,10 +113,11 @@ def test_what_counts_as_a_figure(body, want):
 
 
 def test_a_figure_is_held_at_its_precision_and_in_plain_units():
-    numbers = {6.334, 752.6, 0.0011, 1856032.0}
-    assert held("6.3", numbers) and held("12.5", numbers) and held("1.1", numbers)  # ÷60, ×1e3
+    numbers = {6.334, 752.6, 0.0011, 1856032.0, 0.0094}
+    assert held("6.3", numbers) and held("12.5 min", numbers) and held("1.1", numbers)  # ×1e3
     assert held("1.86", numbers) and not held("6.4", numbers) and not held("13.80", numbers)
-    assert held("753", numbers) and not held("750", numbers)
+    assert held("753 s", numbers) and not held("750 s", numbers) and held("0.94 %", numbers)
+    assert not held("12.5", numbers) and not held("94 s", numbers)  # ÷60 is for times only
 
 
 def test_results_json_files_parse():

@@ -37,6 +37,17 @@ def named_run(tmp_path_factory):
     return root / "named"
 
 
+def generate(page, count: int, steps: int, seed: int) -> None:
+    """Fill the form, press Generate, wait until the grid shows ``count`` decoded images."""
+    page.fill("#count", str(count))
+    page.fill("#steps", str(steps))
+    page.fill("#seed", str(seed))
+    page.click("#generate")
+    page.wait_for_function(f"document.querySelectorAll('#grid img').length === {count} && "
+                           "[...document.querySelectorAll('#grid img')].every(i => i.complete"
+                           " && i.naturalWidth > 0)")
+
+
 def shown_images(page) -> np.ndarray:
     """The grid's images as the browser holds them: ``[N, H, W(, C)]`` uint8."""
     srcs = page.eval_on_selector_all("#grid img", "els => els.map(i => i.src)")
@@ -58,13 +69,7 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, 
         page.wait_for_selector("body[data-ready]")
         page.select_option("#run", tiny_run.name)
         page.select_option("#label", "7")
-        page.fill("#count", "4")
-        page.fill("#steps", "8")
-        page.fill("#seed", "5")
-        page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('#grid img').length === 4 && "
-                               "[...document.querySelectorAll('#grid img')].every(i => i.complete"
-                               " && i.naturalWidth > 0)")
+        generate(page, count=4, steps=8, seed=5)
         sizes = page.eval_on_selector_all("#grid img", "els => els.map(i => [i.naturalWidth, "
                                           "i.naturalHeight, i.alt])")
         assert sizes == [[16, 16, "7"]] * 4
@@ -85,13 +90,7 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, 
         assert page.eval_on_selector_all("#label option", "els => els.map(o => o.textContent)") \
             == ["alice", "bob", "carol"]
         page.select_option("#label", label="carol")
-        page.fill("#count", "2")
-        page.fill("#steps", "6")
-        page.fill("#seed", "3")
-        page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('#grid img').length === 2 && "
-                               "[...document.querySelectorAll('#grid img')].every(i => i.complete"
-                               " && i.naturalWidth > 0)")
+        generate(page, count=2, steps=6, seed=3)
         assert page.eval_on_selector_all("#grid img", "els => els.map(i => i.alt)") == ["carol"] * 2
         guidance = float(page.input_value("#guidance"))
         want = np.stack([np.asarray(im) for im in udiff.load(named_run).sample(
