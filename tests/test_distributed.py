@@ -195,7 +195,7 @@ def first_denoiser_checkpoint(out: Path, proc: subprocess.Popen) -> int:
     """Wait for stage 2's first checkpoint; the newest step saved so far."""
     deadline = time.monotonic() + 300
     while not list((out / "checkpoints").glob("*-denoiser-*/COMPLETE")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint came"
         time.sleep(0.05)
     return newest_step(out)
 
@@ -223,6 +223,12 @@ def interrupted(out: Path, send, **launch) -> tuple[subprocess.Popen, str, int]:
     finished process, its stderr and the newest step saved before the signal."""
     proc = launcher(out, **launch)
     before = first_denoiser_checkpoint(out, proc)
+    # Past that checkpoint: the next one is being written or done. A signal then makes a new one
+    # (sent at once, it could land just after that write, which would then count as its own).
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob(".tmp-*")) and newest_step(out) <= before:
+        assert proc.poll() is None and time.monotonic() < deadline, "no second checkpoint"
+        time.sleep(0.002)
     send(proc)
     _, err = proc.communicate(timeout=300)  # until the workers close the pipe
     return proc, err, before
