@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -37,13 +36,13 @@ def udiff(*argv) -> subprocess.CompletedProcess:
 
 
 def machine() -> dict:
-    """The processor's model and the vector flags the README names, the cores, the date."""
+    """The machine as the benches name it, the vector flags the README names, the date."""
+    from udiff.bench.serving import machine as name
+
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
-    return {"machine": f"{fields.get('Model name', platform.processor()).strip()}, "
-                       f"{os.cpu_count()} CPUs",
-            "lscpu_flags": [f for f in ("avx2", "avx512f", "fma") if f in flags],
+    return {"machine": name(), "lscpu_flags": [f for f in ("avx2", "avx512f", "fma") if f in flags],
             "python": platform.python_version(), "date": DATE}
 
 
