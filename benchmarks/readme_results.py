@@ -7,7 +7,7 @@ figure against them.
         [--only demo,distill,memorization,lora-serving,presets,startup,conformance]
 
 ``demo`` must run before ``distill`` and ``lora-serving`` (they start from the demo runs).
-The guidance sweep and ``udiff bench --quick`` keep their own commands (README)."""
+The guidance sweep and ``udiff bench perf --quick`` keep their own commands (README)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def udiff(*argv) -> subprocess.CompletedProcess:
 
 def machine() -> dict:
     """The machine as the benches name it, the vector flags the README names, the date."""
-    from udiff.bench.serving import machine as name
+    from udiff.machine import machine as name
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)

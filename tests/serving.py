@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from udiff.serve import runs as served
+from udiff.serve.process import bind, make_server
 from udiff.serve.schema import Limits
-from udiff.serve.server import bind, make_server
 from udiff.serve.service import Service
 
 

@@ -16,12 +16,13 @@ ROOT = Path(udiff.__file__).parent
 # Lowest first; a module may import its own layer and those below (docs/architecture.md).
 LAYERS = [
     ("base", ["udiff.errors", "udiff.version", "udiff.hookspecs", "udiff.context", "udiff.config",
-              "udiff.data", "udiff.images", "udiff.schedulers"]),
-    ("plugins", ["udiff.plugins", "udiff.builtins", "udiff.pretrained"]),
+              "udiff.data", "udiff.images", "udiff.scheduler_base", "udiff.machine"]),
+    ("plugins", ["udiff.plugins", "udiff.builtins", "udiff.weights.pretrained"]),
     ("weights", ["udiff.weights"]),
     ("run", ["udiff.run"]),
     ("sampling", ["udiff.sampling"]),
     ("evaluation", ["udiff.evaluation"]),
+    ("sweeps", ["udiff.sweeps"]),
     ("training", ["udiff.training", "udiff.testing"]),
     ("serve", ["udiff.serve"]),
     ("bench", ["udiff.bench"]),

@@ -157,14 +157,14 @@ def test_report_marks_missed_targets(tmp_path):
     (["--preset", "no-such-preset"], "--preset"),
 ])
 def test_bench_user_errors_are_one_line(cli, tmp_path, argv, match):
-    cli.fails("bench", "--quick", *argv, "--out", tmp_path / "b", match=match)
+    cli.fails("bench", "perf", "--quick", *argv, "--out", tmp_path / "b", match=match)
     assert not (tmp_path / "b").exists()
 
 
 def test_bench_cuda_without_gpu_is_one_line(cli, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    cli.fails("bench", "--quick", "--device", "cuda", "--out", tmp_path / "b", match="CUDA")
+    cli.fails("bench", "perf", "--quick", "--device", "cuda", "--out", tmp_path / "b", match="CUDA")
 
 
 def test_sample_compile_matches_eager(cli, tiny_run, tmp_path):
@@ -184,7 +184,7 @@ def test_udiff_bench_quick_end_to_end(tmp_path):
     from conftest import run_udiff
 
     out = tmp_path / "bench"
-    proc = run_udiff("bench", "--quick", "--strict", "--out", out)  # exit 2 outside a bound
+    proc = run_udiff("bench", "perf", "--quick", "--strict", "--out", out)  # exit 2 outside a bound
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"bench.json", "report.md", "report.png",
                                                 "ratios.json"}
@@ -212,9 +212,9 @@ def test_strict_bench_exits_2_naming_each_missed_target(cli, tmp_path, monkeypat
         "sample_overhead": {"target": "<= 1.03", "met": False, "bound": "<= 1.1",
                             "within_bound": True}}}
     monkeypatch.setattr(udiff.bench.run, "run", lambda *a, **k: rat)
-    code, out, _ = cli("bench", "--quick", "--out", tmp_path / "b")
+    code, out, _ = cli("bench", "perf", "--quick", "--out", tmp_path / "b")
     assert code == 0 and "train_overhead" in out  # reported, not enforced
-    line = cli.fails("bench", "--quick", "--strict", "--out", tmp_path / "b",
+    line = cli.fails("bench", "perf", "--quick", "--strict", "--out", tmp_path / "b",
                      match="--strict: 1 ratio(s) outside their bound: train_overhead 1.200 "
                      "(bound <= 1.1, target <= 1.03)")
     assert "sample_overhead" not in line  # missed its target, within its bound: reported only

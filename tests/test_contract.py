@@ -151,13 +151,11 @@ FLAGS = {
               "--compile --out",
     "eval": "run_dir --per-label --steps --scheduler --guidance --seed --inception-weights --out",
     "export": "run_dir --format --scheduler --merge-lora --out --overwrite",
-    "bench": "--backbones --preset --batches --quick --device --out --overwrite",
+    "bench": "bench",  # issue 28: its sub-commands (BENCH)
     "demo": "--backbone --preset --seed --out --overwrite",
 }
 # Flags added since, each by an issue that asked for it (17: serve, bench serve).
-ADDED = {"bench": "--strict target --concurrency --seconds "
-                  "--scales --intervals --per-label",  # 19: bench guidance
-         "train": "--grace-seconds",
+ADDED = {"train": "--grace-seconds",
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale"}
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
@@ -166,6 +164,11 @@ NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-qu
                   "--batch-size --lr --mixed-precision --compile --attention --device --seed "
                   "--checkpoint-every --keep-checkpoints --grace-seconds --max-nonfinite "
                   "--log-with --out --overwrite --resume"}  # 20
+# `udiff bench`'s sub-commands (issue 28), each with the flags it had as a target (17, 19, 20).
+BENCH = {"perf": "--backbones --preset --batches --quick --device --strict --out --overwrite",
+         "serve": "run_dir --concurrency --seconds --quick --strict --out --overwrite",
+         "guidance": "run_dirs --scales --intervals --per-label --out --overwrite",
+         "distill": "run_dirs --per-label --out --overwrite"}
 
 
 def test_every_command_keeps_its_flags_and_each_has_help():
@@ -173,13 +176,23 @@ def test_every_command_keeps_its_flags_and_each_has_help():
 
     from udiff.cli import build_parser
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == set(FLAGS) | set(NEW)
-    for name, parser in sub.choices.items():
+    def commands(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def check(parser, flags: str, name: str) -> None:
         actions = [a for a in parser._actions if a.dest != "help"]
         assert {a.option_strings[0] if a.option_strings else a.dest for a in actions} == set(
-            ({**FLAGS, **NEW}[name] + " " + ADDED.get(name, "")).split()), name
+            flags.split()), name
         assert [a.dest for a in actions if not a.help] == [], name
+
+    sub = commands(build_parser())
+    assert set(sub.choices) == set(FLAGS) | set(NEW)
+    for name, parser in sub.choices.items():
+        check(parser, {**FLAGS, **NEW}[name] + " " + ADDED.get(name, ""), name)
+    bench = commands(sub.choices["bench"])
+    assert set(bench.choices) == set(BENCH)
+    for name, parser in bench.choices.items():
+        check(parser, BENCH[name], f"bench {name}")
 
 
 def test_flag_help_and_defaults_come_from_the_config():

@@ -186,9 +186,9 @@ def processes_writing(out: Path) -> list[int]:
 
 
 def newest_step(out: Path) -> int:
-    from udiff.run.checkpoints import Checkpointer
+    from udiff.run.checkpoint_files import CheckpointFiles
 
-    return Checkpointer.state(Checkpointer(out).latest(warn=False))["step"]
+    return CheckpointFiles.state(CheckpointFiles(out).latest(warn=False))["step"]
 
 
 def first_denoiser_checkpoint(out: Path, proc: subprocess.Popen) -> int:

@@ -95,7 +95,7 @@ def test_bench_guidance_sweeps_scale_by_interval(cli, tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["guidance"], "at least one RUN_DIR"),
+    (["guidance"], "required: RUN_DIR"),
     (["guidance", "RUN", "--scales", "1,x"], "--scales"),
     (["guidance", "RUN", "--scales", "0.5"], "at least 1"),
     (["guidance", "RUN", "--intervals", "0.9-0.1"], "--intervals"),

@@ -16,7 +16,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from udiff.run.checkpoints import Checkpointer
+from udiff.run.checkpoint_files import CheckpointFiles
 from udiff.run.layout import MARKER
 from udiff.run.lock import RunLock
 
@@ -49,7 +49,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_checkpoints_load(run: Path) -> None:
-    for ckpt in Checkpointer(run).complete():
+    for ckpt in CheckpointFiles(run).complete():
         for f in ckpt.glob("*.safetensors"):
             safetensors.torch.load_file(f)  # raises on a torn file
         for f in ckpt.glob("*.json"):
@@ -70,13 +70,13 @@ def test_killed_and_resumed_run_equals_uninterrupted(reference, tmp_path):
     out, rng = tmp_path / "run", random.Random(7)
     kills = 0
     for attempt in range(12):
-        before = {p.name for p in Checkpointer(out).complete()}
+        before = {p.name for p in CheckpointFiles(out).complete()}
         proc = train_proc(out, *(["--resume"] if attempt else []))
         if kills < 5:
             # Wait for this process to be training (a new checkpoint), then kill at random.
             deadline = time.time() + 120
             while proc.poll() is None and time.time() < deadline and not (
-                    {p.name for p in Checkpointer(out).complete()} - before):
+                    {p.name for p in CheckpointFiles(out).complete()} - before):
                 time.sleep(0.02)
             # A random moment within about two checkpoint periods: mid-step or mid-write. Short
             # enough that five kills always land before the run ends, on a fast machine too.
@@ -104,7 +104,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(reference, tmp_path):
 def wait_for_checkpoint(out: Path, stage: str, proc: subprocess.Popen) -> None:
     """Until ``out`` holds a complete checkpoint of ``stage`` (the run is then mid-stage)."""
     deadline = time.time() + 300
-    while not any(p.name.split("-")[1] == stage for p in Checkpointer(out).complete()):
+    while not any(p.name.split("-")[1] == stage for p in CheckpointFiles(out).complete()):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint came"
         time.sleep(0.01)
 
@@ -134,8 +134,8 @@ def test_a_signal_in_stage_2_saves_exits_and_resumes_exactly(reference, tmp_path
     assert f"({sig.name})" in err
     assert "interrupted: checkpoint denoiser step" in err and "continue with --resume" in err
     assert not (out / "run.json").exists() and not (out / ".lock").exists()
-    saved = Checkpointer(out).latest(warn=False)  # the step it was in, saved on the way out
-    step = Checkpointer.state(saved)["step"]
+    saved = CheckpointFiles(out).latest(warn=False)  # the step it was in, saved on the way out
+    step = CheckpointFiles.state(saved)["step"]
     assert saved.name.split("-")[1] == "denoiser" and f"checkpoint denoiser step {step} saved" in err
     assert f"continuing from {saved.name}" in finish_and_compare(out, reference)
 
@@ -166,7 +166,7 @@ def test_a_checkpoint_that_cannot_fit_the_grace_period_is_not_started(tmp_path):
     assert proc.returncode == 143, proc.stderr[-800:]
     err = proc.stderr
     assert "no checkpoint written" in err and "grace period" in err and "is kept" in err
-    kept = Checkpointer(out).latest(warn=False)
+    kept = CheckpointFiles(out).latest(warn=False)
     assert kept.name == "1-denoiser-000000003"  # the regular one before the signal
     assert_checkpoints_load(out)
 
@@ -178,14 +178,14 @@ def test_kill_in_stage_1_resumes_exactly(reference, tmp_path):
     wait_for_checkpoint(out, "autoencoder", proc)  # step 3 of 30
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=120)
-    assert {p.name.split("-")[1] for p in Checkpointer(out).complete()} == {"autoencoder"}
+    assert {p.name.split("-")[1] for p in CheckpointFiles(out).complete()} == {"autoencoder"}
     assert not (out / "autoencoder").exists()  # stage 1 had not ended
     assert "continuing from 0-autoencoder-" in finish_and_compare(out, reference)
 
 
 KILL_IN_FSYNC = """
 import os, signal, sys
-import udiff.run.checkpoints as checkpoints
+import udiff.run.checkpoint_files as checkpoints
 real, calls = checkpoints._fsync, [0]
 def fsync(path):  # signalled at the 25th fsync: inside the third checkpoint's write
     calls[0] += 1
@@ -208,7 +208,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(reference, tmp_pa
     assert proc.returncode == -signal.SIGKILL
     torn = list((out / "checkpoints").glob(".tmp-*"))
     assert len(torn) == 1 and not (torn[0] / MARKER).exists()  # killed mid-write
-    done = Checkpointer(out).complete()
+    done = CheckpointFiles(out).complete()
     assert [p.name for p in done] == ["0-autoencoder-000000003", "0-autoencoder-000000006"]
     assert_checkpoints_load(out)
     finish_and_compare(out, reference)
@@ -224,7 +224,7 @@ def test_two_sigterms_during_a_checkpoint_write_keep_the_previous_one(reference,
     proc = subprocess.run([sys.executable, "-c", script, "train", *ARGS, "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 143, proc.stderr[-2000:]
-    assert [p.name for p in Checkpointer(out).complete()] == [
+    assert [p.name for p in CheckpointFiles(out).complete()] == [
         "0-autoencoder-000000003", "0-autoencoder-000000006"]
     assert_checkpoints_load(out)
     finish_and_compare(out, reference)
@@ -236,7 +236,7 @@ def test_incomplete_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     (out / "run.json").unlink()  # as if killed after the step-57 checkpoint: 3 steps to go
-    ckpts = Checkpointer(out).complete()
+    ckpts = CheckpointFiles(out).complete()
     assert [c.name for c in ckpts] == ["1-denoiser-000000057", "1-denoiser-000000060"]
     shutil.rmtree(ckpts[-1])
     for part in ("denoiser", "conditioner"):
@@ -300,10 +300,10 @@ def test_second_trainer_on_the_same_out_is_refused(cli, tmp_path):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
-    import udiff.run.checkpoints
+    import udiff.run.checkpoint_files
 
     calls = {"n": 0}
-    real = udiff.run.checkpoints._fsync
+    real = udiff.run.checkpoint_files._fsync
 
     def fsync(path):
         calls["n"] += 1
@@ -311,11 +311,11 @@ def test_full_disk_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path)
 
-    monkeypatch.setattr(udiff.run.checkpoints, "_fsync", fsync)
+    monkeypatch.setattr(udiff.run.checkpoint_files, "_fsync", fsync)
     out = tmp_path / "run"
     line = fails_mid_run(cli, "train", *ARGS, "--out", out, match="no space left on device")
     assert "is intact" in line
-    done = Checkpointer(out).complete()
+    done = CheckpointFiles(out).complete()
     assert done and not list((out / "checkpoints").glob(".tmp-*"))
     assert_checkpoints_load(out)
     assert all((c / MARKER).exists() for c in done)
@@ -338,7 +338,7 @@ def test_nonfinite_losses_are_skipped_counted_and_bounded(cli, tmp_path, monkeyp
                          "--checkpoint-every", "4", "--max-nonfinite", "5", "--out", out,
                          match="5 consecutive non-finite losses")
     assert "at step 10" in line  # steps 1-10 completed; calls 3 and 4 were skipped
-    assert Checkpointer(out).latest(warn=False).name == "1-denoiser-000000008"
+    assert CheckpointFiles(out).latest(warn=False).name == "1-denoiser-000000008"
 
 
 def test_skipped_nonfinite_steps_are_counted_in_the_log(cli, tmp_path, monkeypatch):

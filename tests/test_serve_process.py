@@ -119,6 +119,6 @@ def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
     assert "| batching | 4 |" in (out / "serve.md").read_text()
     assert (out / "serve.png").read_bytes().startswith(b"\x89PNG")
     assert "udiff bench serve: no batching, concurrency 4" in err  # progress, a line per point
-    cli.fails("bench", "serve", "--out", tmp_path / "x", match="serve RUN_DIR")
+    cli.fails("bench", "serve", "--out", tmp_path / "x", match="required: RUN_DIR")
     cli.fails("bench", "serve", tiny_run, "--concurrency", "0", "--out", tmp_path / "y",
               match="--concurrency")

@@ -15,6 +15,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    from . import plugins
     from .commands import COMMANDS
 
     p = Parser(prog="udiff", description="Pluggable latent diffusion: train, sample, evaluate, "
@@ -24,7 +25,39 @@ def build_parser() -> Parser:
         s = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
         command.add_arguments(s)
         s.set_defaults(func=command.main)
+    for command in plugins.registry().commands.values():  # register_commands: guarded
+        add_plugin_command(sub, command)
     return p
+
+
+def add_plugin_command(sub, command) -> None:
+    """A plugin's command beside the built-ins; one whose name is taken or whose arguments fail
+    to build is left out with a warning, never stopping the CLI."""
+    where = f"command {command.name!r} from plugin {command.plugin}"
+    if command.name in sub.choices:
+        print(f"udiff: warning: {where} not added: udiff has a command of that name",
+              file=sys.stderr)
+        return
+    s = sub.add_parser(command.name, help=f"{command.help} [{command.plugin}]",
+                       description=command.help)
+    try:
+        command.add_arguments(s)
+    except Exception as e:  # noqa: BLE001 -- a plugin's bug must not stop the CLI
+        del sub.choices[command.name]
+        sub._choices_actions = [a for a in sub._choices_actions if a.dest != command.name]
+        print(f"udiff: warning: {where} not added: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+
+    def main(args) -> int:
+        try:
+            return command.main(args)
+        except (UdiffError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one line, as a plugin's failing factory is
+            raise UdiffError(f"{where} failed: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}") from e
+
+    s.set_defaults(func=main)
 
 
 def main(argv: list[str] | None = None) -> int:

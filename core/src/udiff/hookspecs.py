@@ -1,4 +1,4 @@
-"""The four roles a udiff plugin can fill, one hook each.
+"""The four roles a udiff plugin can fill, one hook each, and a fifth hook for CLI commands.
 
 Every hook receives a ``register`` callback (as in simonw/llm's ``register_models``)::
 
@@ -35,7 +35,7 @@ def register_denoisers(register: Register) -> None:
 
 @hookspec
 def register_schedulers(register: Register) -> None:
-    """Register schedulers: ``factory(config, context) -> udiff.schedulers.Scheduler``; meta
+    """Register schedulers: ``factory(config, context) -> udiff.scheduler_base.Scheduler``; meta
     :class:`~udiff.plugins.contract.SchedulerMeta` (its objective ``family``)."""
 
 
@@ -43,3 +43,11 @@ def register_schedulers(register: Register) -> None:
 def register_conditioners(register: Register) -> None:
     """Register conditioners: ``factory(config, context) -> nn.Module`` meeting
     :class:`udiff.plugins.contract.Conditioner`; no meta keys."""
+
+
+@hookspec
+def register_commands(register: Callable[[object], None]) -> None:
+    """Register CLI commands: ``register(command)``, where ``command`` (a module or any object)
+    has ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``main(args) -> int``, as udiff's own
+    commands do (simonw/llm's ``register_commands``). Import heavy libraries inside ``main``:
+    ``udiff --help`` builds every parser without torch."""

@@ -18,9 +18,9 @@ from .. import plugins
 from ..config import TrainingConfig
 from ..context import Context
 from ..evaluation.size import forward_macs
-from ..plugins import defaults
 from ..plugins.assembly import Part, assemble
 from ..sampling import Pipeline
+from ..sampling.spec import SamplingSpec, family_sampler
 from ..training.objective import Draws
 from ..training.step import DenoiserTraining
 from ..weights import lora
@@ -36,7 +36,7 @@ class Case:
     device: str = "cpu"
     latent_size: int = 8  # latents [4, s, s]: 16x16 images through the demo's 2x autoencoder
     scheduler: str = "ddpm"  # training objective
-    sampler: str | None = None  # default: the objective family's (plugins/defaults.py)
+    sampler: str | None = None  # default: the objective family's (sampling/spec.py)
     steps: int = 10  # sampling steps per image
     guidance: float = 3.0
     gradient_checkpointing: bool = False
@@ -129,8 +129,12 @@ class BareTraining:
         return loss.item()
 
 
+def spec(case: Case) -> SamplingSpec:
+    return SamplingSpec(sampler_name(case), case.steps, case.guidance)
+
+
 def sampler_name(case: Case) -> str:
-    return defaults.sampler(case.scheduler, case.sampler)[0]
+    return case.sampler or family_sampler(case.scheduler)[0]
 
 
 def pipeline(case: Case, seed: int = 0) -> Pipeline:
@@ -150,8 +154,7 @@ def noise_and_labels(case: Case, seed: int = 0):
 
 
 def udiff_sample(pipe: Pipeline, case: Case, noise, labels) -> torch.Tensor:
-    sched = pipe.scheduler(sampler_name(case))
-    return pipe.denoise(labels, noise, case.steps, case.guidance, sched)
+    return pipe.denoise(labels, noise, spec(case))
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 
 from .. import plugins
 from ..errors import UdiffError
-from ..plugins import defaults
+from ..plugins import assembly
 from .cases import Case
 
 UPGRADE_PATH = ("unet", "dit", "flux")  # the report's column order; the first is the baseline
@@ -36,7 +36,7 @@ class Settings:
 
     def cases(self) -> list[Case]:
         return [Case(b, self.preset, n, self.device, self.latent_size, steps=self.steps,
-                     scheduler=defaults.training_scheduler(b))
+                     scheduler=assembly.training_scheduler(b))
                 for b in self.backbones for n in self.batches]
 
     def checkpointing_case(self) -> Case:

@@ -151,7 +151,7 @@ def solver_gap(backbone: str, quick: bool, device: str = "cpu") -> dict:
         classifier, reference = train_reference(digits, epochs=epochs, progress=False)
         acc = {}
         for name, n in (("dpm++", 20), ("ddim", 50)):
-            images, labels = pipe.sample_tensor(range(10), per_label, n, 3.0, 0, name)
+            images, labels = pipe.sample_tensor(range(10), per_label, steps=n, guidance=3.0, sampler=name)
             acc[name] = accuracy(classifier, images, labels)[0]
     return {"gap": acc["dpm++"] - acc["ddim"], "dpm20_accuracy": acc["dpm++"],
             "ddim50_accuracy": acc["ddim"], "samples": 10 * per_label, "denoiser_steps": steps,

@@ -14,7 +14,7 @@ import math
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from udiff.schedulers import Scheduler
+from udiff.scheduler_base import Scheduler
 
 from .schedulers import FlowConfig
 
@@ -34,8 +34,6 @@ def shift_for(config: FlowConfig, context) -> float:
 
 
 class FlowScheduler(Scheduler):
-    family = "flow"
-
     def __init__(self, config: FlowConfig, context=None) -> None:
         self.shift = shift_for(config, context)
         super().__init__(config, FlowMatchEulerDiscreteScheduler(

@@ -10,14 +10,12 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from udiff.schedulers import Scheduler
+from udiff.scheduler_base import Scheduler
 
 from .schedulers import NoiseScheduleConfig
 
 
 class NoiseScheduler(Scheduler):
-    family = "noise"
-
     def __init__(self, config: NoiseScheduleConfig, sampler_cls, **sampler_kwargs) -> None:
         common = config.model_dump(exclude={"snr_gamma"})  # a training-side option only
         # clip_sample would clip *latents* to [-1, 1]: wrong for latent diffusion.

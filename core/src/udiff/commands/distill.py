@@ -12,7 +12,7 @@ HELP = "distil a trained run into a student that samples in 1-8 steps"
 
 
 def add_arguments(p) -> None:
-    from ..plugins.defaults import DISTILL_PAIRS, DISTILL_TRAINING
+    from ..config import DISTILL_TRAINING, DistillConfig
 
     p.add_argument("run_dir", help="the teacher: a trained run directory")
     p.add_argument("--steps", type=int, default=4, metavar="K",
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, metavar="G", help="the teacher's guidance scale, "
                    "distilled in (default: the teacher's chosen sampling, else its family's)")
     p.add_argument("--pairs", type=int, metavar="N", help="guided teacher samples the student "
-                   f"learns from (default: {DISTILL_PAIRS})")
+                   f"learns from (default: {DistillConfig.model_fields['pairs'].default})")
     flags.add(p, flags.DISTILL_FLAGS, {"training": DISTILL_TRAINING})
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the student run to write")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")

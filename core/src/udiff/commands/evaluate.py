@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .sample import add_sampling, guiding
+from .sample import add_sampling, overrides
 
 NAME = "eval"
 HELP = "label accuracy, FID/KID, diversity and autoencoder PSNR/SSIM of a run"
@@ -24,8 +24,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from ..evaluation.evaluate import evaluate_run
 
-    m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.steps, args.scheduler,
-                           args.guidance, args.seed, args.inception_weights, **guiding(args))
+    m, _, _ = evaluate_run(args.run_dir, args.out, args.per_label, args.inception_weights,
+                           **overrides(args))
     copies = {f"near_copies_{space}": m["memorization"][space]["near_copy_share"]
               for space in ("features", "pixels")}
     print(json.dumps({k: m[k] for k in ("label_accuracy", "reference_accuracy", "fid", "kid",

@@ -11,12 +11,12 @@ HELP = "sample a PNG grid (a row per label) from a run"
 
 def add_sampling(p) -> None:
     """--steps, --scheduler, --guidance, --seed, the guidance options; help read from
-    :class:`SamplingConfig`; the defaults are the run's own (``defaults.run_sampling``)."""
-    from ..plugins.defaults import SAMPLERS
+    :class:`SamplingConfig`; the defaults are the run's own (``sampling.spec.run_spec``)."""
+    from ..sampling.spec import SAMPLERS
 
     fields = SamplingConfig.model_fields
     about = {k: fields[k].description.rstrip(".") for k in ("steps", "guidance")}
-    own = ("the run's: a distilled student's few-step sampler at guidance 1, else "
+    own = ("the run's [sampling], else its family's: "
            + "; ".join(f"{f}: {d['scheduler']} at CFG {d['guidance']:g}"
                        for f, d in SAMPLERS.items()))
     p.add_argument("--steps", type=int, metavar="N",
@@ -30,13 +30,15 @@ def add_sampling(p) -> None:
     more = {k: fields[k].description.rstrip(".") for k in ("guidance_interval",
                                                              "guidance_rescale")}
     p.add_argument("--guidance-interval", metavar="LO,HI",
-                   help=f"{more['guidance_interval']} (default: everywhere)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, metavar="X",
-                   help=f"{more['guidance_rescale']} (default: 0)")
+                   help=f"{more['guidance_interval']} (default: the run's, else everywhere; "
+                   "0,1 = everywhere)")
+    p.add_argument("--guidance-rescale", type=float, metavar="X",
+                   help=f"{more['guidance_rescale']} (default: the run's, else 0)")
 
 
-def guiding(args) -> dict:
-    """``--guidance-interval``/``--guidance-rescale`` as sampling keyword arguments."""
+def overrides(args) -> dict:
+    """The sampling flags as :class:`~udiff.sampling.spec.SamplingSpec` fields (``None``: the
+    run's own), checked: a bad value is one line naming its flag."""
     from ..sampling.guidance import parse_interval
 
     try:
@@ -44,9 +46,10 @@ def guiding(args) -> dict:
     except ValueError as e:
         raise UdiffError(f"--guidance-interval {args.guidance_interval}: LO,HI with "
                          f"0 <= LO <= HI <= 1 ({e})") from None
-    if not 0 <= args.guidance_rescale <= 1:
+    if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
         raise UdiffError(f"--guidance-rescale {args.guidance_rescale}: must be in [0, 1]")
-    return {"guidance_interval": interval, "guidance_rescale": args.guidance_rescale}
+    return {"sampler": args.scheduler, "steps": args.steps, "guidance": args.guidance,
+            "interval": interval, "rescale": args.guidance_rescale, "seed": args.seed}
 
 
 def add_arguments(p) -> None:
@@ -79,14 +82,13 @@ def main(args) -> int:
     from ..images import grid
     from ..sampling import load
 
-    options = guiding(args)
+    options = overrides(args)
     pipe = load(args.run_dir, device=args.device)
     if args.compile:
         pipe.compile()
     labels = parse_labels(args.labels, pipe.label_names) if args.labels else list(
         range(len(pipe.label_names)))
-    images, _ = pipe.sample_tensor(labels, args.per_label, args.steps, args.guidance, args.seed,
-                                   args.scheduler, progress=True, **options)
+    images, _ = pipe.sample_tensor(labels, args.per_label, pipe.spec(**options), progress=True)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UdiffError(f"--out {out}: must be a .png file")

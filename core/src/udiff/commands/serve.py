@@ -31,8 +31,8 @@ def main(args) -> int:
     from pydantic import ValidationError
 
     from ..errors import UdiffError
+    from ..serve.process import serve
     from ..serve.schema import Limits
-    from ..serve.server import serve
 
     try:
         limits = Limits(max_batch_images=args.max_batch_images, max_queue=args.max_queue,

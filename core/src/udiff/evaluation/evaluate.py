@@ -46,24 +46,23 @@ class Judge:
     """A run, its images, the reference classifier and the real images' features: built once,
     then ``score`` any number of sample sets (``udiff eval`` scores one, the sweep many)."""
 
-    def __init__(self, run_dir: str | Path, seed: int = 0, inception: str | Path | None = None,
-                 progress: bool = True, scheduler: str | None = None,
-                 guidance: float | None = None) -> None:
+    def __init__(self, run_dir: str | Path, inception: str | Path | None = None,
+                 progress: bool = True, **overrides) -> None:
+        """``overrides``: of the run's sampling spec (:meth:`Pipeline.spec`) -> :attr:`spec`,
+        checked before any work; its seed also seeds the judge (splits, KID subsets)."""
         self.weights = inception_weights(inception)
         inception_net = InceptionFeatures(self.weights) if self.weights else None  # fails here
-        self.run_dir, self.seed, self.pipe = run_dir, seed, load(run_dir)
-        self.sampler_name, self.steps, self.guidance = self.pipe.settings(None, guidance,
-                                                                          scheduler)
-        self.pipe.scheduler(self.sampler_name)  # another family's sampler fails here, before work
-        self.cfg = self.pipe.config
+        self.run_dir, self.pipe = run_dir, load(run_dir)
+        self.spec = self.pipe.spec(**overrides)  # another family's sampler fails here
+        self.seed, self.cfg = self.spec.seed, self.pipe.config
         self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
                                          self.cfg.data.channels)
         self.classifier, self.reference_accuracy = train_reference(
             data, seed=self.cfg.training.seed, progress=progress)
         self.features = inception_net or ClassifierFeatures(self.classifier)
         self.real = embed(self.features, data.images)  # [N_real, F]
-        half_a, half_b = datasets.split_indices(data.labels, 0.5, seed)
-        self.floor = fid_kid(self.real[half_a], self.real[half_b], seed)  # two halves of the real
+        half_a, half_b = datasets.split_indices(data.labels, 0.5, self.seed)
+        self.floor = fid_kid(self.real[half_a], self.real[half_b], self.seed)  # two halves of the real
         self.real_diversity = diversity(self.real, data.labels)
         self.copies = NearCopies(data.images, self.real, data.labels, data.label_names)
 
@@ -91,26 +90,20 @@ class Judge:
         }, pairs
 
 
-def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, steps: int | None = None,
-                 scheduler: str | None = None, guidance: float | None = None, seed: int = 0,
+def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30,
                  inception: str | Path | None = None, progress: bool = True,
-                 guidance_interval: tuple[float, float] | None = None,
-                 guidance_rescale: float = 0.0) -> tuple[dict, torch.Tensor, torch.Tensor]:
+                 **overrides) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Write ``out`` (metrics JSON) and two PNGs beside it (real vs generated; the 8 samples
     closest to a training image); returns the metrics and the generated images
-    ``[N, C, H, W]`` with their labels ``[N]``."""
+    ``[N, C, H, W]`` with their labels ``[N]``. ``overrides``: of the run's sampling spec."""
     start = time.time()
     out = check_out(out)
     if per_label < 2:
         raise UdiffError("--per-label must be at least 2 (FID needs two samples per set)")
-    judge = Judge(run_dir, seed, inception, progress, scheduler, guidance)
-    sampler, guidance = judge.sampler_name, judge.guidance
-    steps = steps or judge.steps
-    data, cfg = judge.data, judge.cfg
-    images, labels = judge.pipe.sample_tensor(range(len(data.label_names)), per_label, steps,
-                                              guidance, seed, sampler, progress=progress,
-                                              guidance_interval=guidance_interval,
-                                              guidance_rescale=guidance_rescale)
+    judge = Judge(run_dir, inception, progress, **overrides)
+    spec, data, cfg = judge.spec, judge.data, judge.cfg
+    images, labels = judge.pipe.sample_tensor(range(len(data.label_names)), per_label, spec,
+                                              progress=progress)
     scores, pairs = judge.score(images, labels)
     _, held = datasets.autoencoder_split(data, cfg.training.autoencoder_holdout, cfg.training.seed)
     metrics = {
@@ -118,9 +111,7 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30, step
         "trained_with": judge.pipe.scheduler_name, **scores,
         "autoencoder": reconstruction(judge.pipe.autoencoder, (held or data).images) | {
             "held_out": held is not None},
-        "settings": {"per_label": per_label, "steps": steps, "scheduler": sampler,
-                     "guidance": guidance, "guidance_interval": guidance_interval,
-                     "guidance_rescale": guidance_rescale, "seed": seed, "real_images": len(data),
+        "settings": {"per_label": per_label, **spec.settings(), "real_images": len(data),
                      "inception_weights": str(judge.weights) if judge.weights else None},
         "seconds": round(time.time() - start, 1),
     }

@@ -22,7 +22,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import UdiffError
-from ..pretrained import read_weights
+from ..weights.pretrained import read_weights
 from .reference import ReferenceClassifier
 
 # torch-fidelity's download name: where torch.hub's cache keeps it after any FID run online.

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..config import ComponentChoice, TrainConfig
 from ..context import Context
 from . import get
 from .registry import Component
@@ -67,3 +68,18 @@ def from_choices(context: Context, denoiser, conditioner, scheduler=None,
     return assemble(context, Part.of("denoiser", denoiser).build,
                     Part.of("conditioner", conditioner).build,
                     Part.of("scheduler", scheduler).build if scheduler is not None else None, ae)
+
+
+def scheduler_choice(cfg: TrainConfig) -> ComponentChoice:
+    """The run's scheduler (its objective): the config's, else the one its backbone trains with."""
+    return cfg.scheduler or ComponentChoice(name=training_scheduler(cfg.denoiser.name))
+
+
+def training_scheduler(backbone: str) -> str:
+    """The scheduler (objective) ``backbone`` trains with when the run names none."""
+    return get("denoiser", backbone).meta.default_scheduler
+
+
+def family(scheduler: str) -> str:
+    """The objective family of ``scheduler`` (samplers of one family are interchangeable)."""
+    return get("scheduler", scheduler).meta.family

@@ -45,7 +45,7 @@ class DenoiserMeta(Meta):
                                    "trains with when the run names none.")
     init_formats: dict[str, Reference] = Field(default_factory=dict, description=(
         "--init-from readers: {format name: reader(path, config, context) -> {'options', "
-        "'state', 'label_table' (optional)}}; a reader raises udiff.pretrained.NotThisFormat "
+        "'state', 'label_table' (optional)}}; a reader raises udiff.weights.pretrained.NotThisFormat "
         "for another format."))
     lora_targets: dict[str, list[str]] = Field(default_factory=dict, description=(
         "--lora-targets groups ('attention', 'mlp') -> module-name suffixes."))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from .contract import Meta, is_reference, parse_meta, resolve
 
 ROLES = ("autoencoder", "denoiser", "scheduler", "conditioner")
 HOOKS = {role: f"register_{role}s" for role in ROLES}
+COMMAND_HOOK = "register_commands"
+COMMAND_ATTRS = ("NAME", "HELP", "add_arguments", "main")
 BUILTINS = ("udiff.builtins.autoencoders", "udiff.builtins.schedulers",
             "udiff.builtins.conditioners")
 ENTRY_POINT_GROUP = "udiff"
@@ -73,6 +76,17 @@ class Component:
             ) from e
 
 
+@dataclass(frozen=True)
+class Command:
+    """A CLI command a plugin registered (``udiff NAME``)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[..., None]
+    main: Callable[..., int]
+    plugin: str
+
+
 @dataclass
 class PluginRecord:
     name: str
@@ -92,6 +106,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self.components: dict[str, dict[str, Component]] = {role: {} for role in ROLES}
+        self.commands: dict[str, Command] = {}
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, extra: list[tuple[str, Any]] = ()) -> Registry:
@@ -116,7 +131,7 @@ class Registry:
             unknown = [
                 attr for attr in dir(plugin)
                 if self.pm.parse_hookimpl_opts(plugin, attr) is not None
-                and attr not in HOOKS.values()
+                and attr not in (*HOOKS.values(), COMMAND_HOOK)
             ]
             if unknown:
                 raise pluggy.PluginValidationError(plugin, f"unknown hook(s) {', '.join(unknown)}")
@@ -133,28 +148,40 @@ class Registry:
         print(f"udiff: warning: plugin {record.name} disabled: {record.error}", file=sys.stderr)
 
     def _collect(self) -> None:
-        for role, hook in HOOKS.items():
+        for role, hook in (*HOOKS.items(), ("command", COMMAND_HOOK)):
             # pluggy calls the last hookimpl first: walk in call order so non-trylast plugins win.
             for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
                 record = self.records[impl.plugin_name]
                 if record.error:
                     continue
-                staged: list[Component] = []
+                staged: list[Component | Command] = []
 
-                def register(name, config_model, factory, presets=None, *, _role=role,
-                             _rec=record, _staged=staged, **meta):
-                    _staged.append(self._validate(_role, name, config_model, factory, presets,
-                                                  _rec, meta))
+                def register(*args, _role=role, _rec=record, _staged=staged, **meta):
+                    _staged.append(self._command(_rec, *args, **meta) if _role == "command"
+                                   else self._validate(_role, *args, record=_rec, meta=meta))
 
                 try:
                     impl.function(register=register)
-                    for comp in staged:
-                        self._accept(comp, record)
+                    for item in staged:
+                        self._accept(item, record)
                 except Exception as e:
                     self._drop(record)
                     self._fail(record, e)
 
-    def _validate(self, role, name, config_model, factory, presets, record, meta) -> Component:
+    @staticmethod
+    def _command(record: PluginRecord, command: Any) -> Command:
+        missing = [a for a in COMMAND_ATTRS if not hasattr(command, a)]
+        if missing:
+            raise TypeError(f"command {command!r} lacks {', '.join(missing)}")
+        name = command.NAME
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9-]*", name)):
+            raise TypeError(f"command name must be a lower-case word, got {name!r}")
+        if not (callable(command.add_arguments) and callable(command.main)):
+            raise TypeError(f"command {name!r}: add_arguments and main must be callable")
+        return Command(name, str(command.HELP), command.add_arguments, command.main, record.name)
+
+    def _validate(self, role, name, config_model, factory, presets=None, *, record,
+                  meta) -> Component:
         if not isinstance(name, str) or not name:
             raise TypeError(f"{role} name must be a non-empty string, got {name!r}")
         if not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
@@ -173,20 +200,24 @@ class Registry:
         return Component(role, name, config_model, factory, presets, record.name,
                          record.version or "0", typed)
 
-    def _accept(self, comp: Component, record: PluginRecord) -> None:
-        existing = self.components[comp.role].get(comp.name)
+    def _accept(self, item: Component | Command, record: PluginRecord) -> None:
+        role = getattr(item, "role", "command")
+        table = self.commands if role == "command" else self.components[role]
+        existing = table.get(item.name)
         if existing is not None:
             if record.builtin:
                 return  # shadowed by a third-party plugin: by design
-            raise ValueError(f"duplicate {comp.role} name {comp.name!r}, already registered by "
+            raise ValueError(f"duplicate {role} name {item.name!r}, already registered by "
                              f"plugin {existing.plugin}")
-        self.components[comp.role][comp.name] = comp
-        record.provides.setdefault(comp.role, []).append(comp.name)
+        table[item.name] = item
+        record.provides.setdefault(role, []).append(item.name)
 
     def _drop(self, record: PluginRecord) -> None:
         for role in ROLES:
             for name in record.provides.get(role, []):
                 self.components[role].pop(name, None)
+        for name in record.provides.get("command", []):
+            self.commands.pop(name, None)
 
     # -- lookup ----------------------------------------------------------------------------
     def broken(self, plugin: str | None = None, component: str | None = None) -> PluginRecord | None:

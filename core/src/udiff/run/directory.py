@@ -12,11 +12,11 @@ import safetensors.torch
 from pydantic import BaseModel
 from torch import nn
 
-from .. import plugins, pretrained
+from .. import plugins
 from ..errors import UdiffError
 from ..plugins import Component
 from ..version import __version__
-from ..weights import lora
+from ..weights import lora, pretrained
 from .files import atomic_write, read_json, write_json
 from .layout import ADAPTER, COMPONENT_CONFIG, RUN_FILE, WEIGHTS
 

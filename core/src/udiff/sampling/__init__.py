@@ -1,6 +1,16 @@
-"""The sampling layer: a run loaded as a :class:`Pipeline` (``udiff.load``), and its export to
-other libraries' formats (:mod:`.export`)."""
+"""The sampling layer: how to sample (:mod:`.spec`, no torch), a run loaded as a
+:class:`Pipeline` (``udiff.load``), and its export to other libraries' formats (:mod:`.export`)."""
 
-from .pipeline import Pipeline, load
+__all__ = ["Pipeline", "SamplingSpec", "load"]
 
-__all__ = ["Pipeline", "load"]
+
+def __getattr__(name: str):  # lazy: `udiff.sampling.spec` (the CLI's help) imports no torch
+    if name in ("Pipeline", "load"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name == "SamplingSpec":
+        from .spec import SamplingSpec
+
+        return SamplingSpec
+    raise AttributeError(name)

@@ -13,14 +13,14 @@ from ..config import resolve
 from ..context import Context
 from ..errors import UdiffError
 from ..images import to_pil
-from ..plugins import defaults
 from ..plugins.assembly import assemble
 from ..run.directory import Shared, complete_run, component_of, load_component, loader
 from ..run.files import read_json
 from ..run.layout import CONFIG, RUN_FILE
-from ..schedulers import Scheduler
+from ..scheduler_base import Scheduler
 from ..weights import lora
 from . import guidance as guiding
+from .spec import SamplingSpec, family_sampler, run_spec
 
 
 class Pipeline:
@@ -29,15 +29,15 @@ class Pipeline:
     def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, conditioner: nn.Module,
                  scheduler_name: str, scheduler_config, label_names: list[str],
                  scaling_factor: float, context: Context, freeze: bool = True,
-                 sampling: defaults.RunSampling | None = None) -> None:
+                 sampling: SamplingSpec | None = None) -> None:
         self.autoencoder, self.denoiser, self.conditioner = autoencoder, denoiser, conditioner
         self.scheduler_name, self.scheduler_config = scheduler_name, scheduler_config
         self.label_names, self.scaling_factor, self.context = label_names, scaling_factor, context
         self.latent_shape = (context.latent_channels, context.latent_size, context.latent_size)
-        # what a call leaves out (a run's own, from its config; else its family's at 50 steps)
+        # what a call leaves out: the run's own (its config's [sampling]); else its family's
         if sampling is None:
-            name, guidance = defaults.sampler(scheduler_name)
-            sampling = defaults.RunSampling(name, 50, guidance)
+            name, guidance = family_sampler(scheduler_name)
+            sampling = SamplingSpec(name, 50, guidance)
         self.sampling = sampling
         for m in (autoencoder, denoiser, conditioner):
             m.eval()
@@ -70,7 +70,7 @@ class Pipeline:
         config = resolve(run_dir / CONFIG)
         pipe = cls(autoencoder, stack.denoiser, stack.conditioner, comp.name, sched_cfg,
                    run["labels"], ae_meta["scaling_factor"], stack.context,
-                   sampling=defaults.run_sampling(config))
+                   sampling=run_spec(config))
         pipe.run_dir, pipe.config = run_dir, config  # the run's TrainConfig, read once
         if shared is not None:
             pipe.adapter = den_meta["meta"].get("adapter")
@@ -88,13 +88,25 @@ class Pipeline:
 
     def scheduler(self, name: str | None = None) -> Scheduler:
         """The training scheduler, or another sampler of the same family on the same schedule."""
+        comp = self.sampler_component(name or self.scheduler_name)
+        return comp.build(comp.make_config(options=self.scheduler_config.model_dump()),
+                          self.context)
+
+    def sampler_component(self, name: str):
+        """The registered sampler ``name``; one of another objective family is one line."""
         trained = plugins.get("scheduler", self.scheduler_name)
-        comp = plugins.get("scheduler", name or self.scheduler_name)
+        comp = plugins.get("scheduler", name)
         if comp.meta.family != trained.meta.family:
             raise UdiffError(f"scheduler {comp.name!r} ({comp.meta.family}) cannot sample "
                              f"a model trained with {trained.name!r} ({trained.meta.family})")
-        return comp.build(comp.make_config(options=self.scheduler_config.model_dump()),
-                          self.context)
+        return comp
+
+    def spec(self, **overrides) -> SamplingSpec:
+        """The run's own :attr:`sampling` with ``overrides`` (fields of :class:`SamplingSpec`;
+        ``None`` keeps the run's), its sampler checked against the run's objective family."""
+        spec = self.sampling.but(**overrides)
+        self.sampler_component(spec.sampler)
+        return spec
 
     def check_labels(self, labels) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
@@ -104,12 +116,11 @@ class Pipeline:
                              f"{len(self.label_names) - 1} ({', '.join(self.label_names[:10])})")
         return labels
 
-    def denoise(self, labels: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
-                scheduler: Scheduler, generator: torch.Generator | None = None,
-                progress: bool = False, **options) -> torch.Tensor:
-        """Latents ``[B, c, h, w]`` from initial ``noise`` of the same shape; ``options``:
-        ``interval``, ``rescale`` (:mod:`udiff.sampling.guidance`)."""
-        loop = Denoising(self, labels, noise, steps, guidance, scheduler, generator, **options)
+    def denoise(self, labels: torch.Tensor, noise: torch.Tensor, spec: SamplingSpec,
+                scheduler: Scheduler | None = None, generator: torch.Generator | None = None,
+                progress: bool = False) -> torch.Tensor:
+        """Latents ``[B, c, h, w]`` from initial ``noise`` of the same shape."""
+        loop = Denoising(self, labels, noise, spec, scheduler, generator)
         for t in tqdm(loop.timesteps, desc="sampling", leave=False, disable=not progress):
             loop.step(t)
         return loop.x
@@ -118,42 +129,27 @@ class Pipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(latents / self.scaling_factor).clamp(-1, 1)
 
-    def settings(self, steps: int | None = None, guidance: float | None = None,
-                 scheduler: str | None = None) -> defaults.RunSampling:
-        """(scheduler, steps, guidance): what is given, the rest from :attr:`sampling`."""
-        own = self.sampling
-        return defaults.RunSampling(scheduler or own.scheduler, steps or own.steps,
-                                    own.guidance if guidance is None else guidance)
-
-    def sample_tensor(self, labels, per_label: int = 8, steps: int | None = None,
-                      guidance: float | None = None, seed: int = 0,
-                      scheduler: str | None = None, batch: int = 256,
-                      progress: bool = False, guidance_interval: tuple[float, float] | None = None,
-                      guidance_rescale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major.
-        ``guidance_interval``: guidance only for ``t / T`` in ``(lo, hi)``; ``guidance_rescale``:
-        0..1 (:mod:`udiff.sampling.guidance`). ``None``: the run's own (:meth:`settings`)."""
+    def sample_tensor(self, labels, per_label: int = 8, spec: SamplingSpec | None = None,
+                      batch: int = 256, progress: bool = False,
+                      **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major. ``spec``:
+        how (default: the run's own); ``overrides``: fields of it (``steps=``, ``guidance=``,
+        ``sampler=``, ``interval=``, ``rescale=``, ``seed=``)."""
+        spec = (spec or self.sampling).but(**overrides) if overrides else spec or self.sampling
         labels = self.check_labels(labels).repeat_interleave(per_label)
-        scheduler, steps, guidance = self.settings(steps, guidance, scheduler)
-        sched = self.scheduler(scheduler)
+        sched = self.scheduler(spec.sampler)
         # Noise as diffusers' randn_tensor draws it on CPU: one generator, whole batch shape.
-        gen = torch.Generator("cpu").manual_seed(seed)
+        gen = torch.Generator("cpu").manual_seed(spec.seed)
         noise = torch.randn((len(labels), *self.latent_shape), generator=gen)
         out = []
         for i in tqdm(range(0, len(labels), batch), desc="sampling", disable=not progress):
-            lat = self.denoise(labels[i:i + batch], noise[i:i + batch], steps, guidance, sched,
-                               generator=gen, interval=guidance_interval,
-                               rescale=guidance_rescale)
+            lat = self.denoise(labels[i:i + batch], noise[i:i + batch], spec, sched, gen)
             out.append(self.decode(lat).cpu())
         return torch.cat(out), labels
 
-    def sample(self, labels, per_label: int = 8, steps: int | None = None,
-               guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
-               **options):
-        """PIL images, ``per_label`` for each label in order; ``options``: ``guidance_interval``,
-        ``guidance_rescale`` (as :meth:`sample_tensor`)."""
-        return to_pil(self.sample_tensor(labels, per_label, steps, guidance, seed, scheduler,
-                                         **options)[0])
+    def sample(self, labels, per_label: int = 8, spec: SamplingSpec | None = None, **overrides):
+        """PIL images, ``per_label`` for each label in order (as :meth:`sample_tensor`)."""
+        return to_pil(self.sample_tensor(labels, per_label, spec, **overrides)[0])
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Pipeline:
@@ -164,17 +160,17 @@ class Denoising:
     """One sampling loop, a step at a time, so that a caller can watch it and drop rows between
     steps (the server cancels one request out of a batch). :meth:`Pipeline.denoise` runs it."""
 
-    def __init__(self, pipe: Pipeline, labels: torch.Tensor, noise: torch.Tensor, steps: int,
-                 guidance: float, scheduler: Scheduler, generator: torch.Generator | None = None,
-                 interval: tuple[float, float] | None = None, rescale: float = 0.0):
-        self.pipe, self.guidance, self.scheduler, self.generator = pipe, guidance, scheduler, \
-            generator
-        self.interval, self.rescale = interval, rescale
+    def __init__(self, pipe: Pipeline, labels: torch.Tensor, noise: torch.Tensor,
+                 spec: SamplingSpec, scheduler: Scheduler | None = None,
+                 generator: torch.Generator | None = None):
+        scheduler = scheduler or pipe.scheduler(spec.sampler)
+        self.pipe, self.spec, self.scheduler, self.generator = pipe, spec, scheduler, generator
+        self.guidance = spec.guidance
         # the scale of t: noise-level fractions t / T (1 = pure noise) choose the interval
         self.train_timesteps = getattr(scheduler.config, "num_train_timesteps", 1000)
         if pipe.adapter is not None:
             lora.activate(pipe.denoiser, pipe.adapter)
-        scheduler.set_timesteps(steps, device=pipe.device)
+        scheduler.set_timesteps(spec.steps, device=pipe.device)
         self.timesteps = scheduler.timesteps  # [steps]
         self.x = noise.to(pipe.device) * scheduler.init_noise_sigma  # [B, c, h, w]
         self._condition(labels)
@@ -190,13 +186,13 @@ class Denoising:
     @torch.no_grad()
     def step(self, t: torch.Tensor) -> None:
         x = self.x
-        cfg = self.pair is not None and guiding.active(t, self.train_timesteps, self.interval)
+        cfg = self.pair is not None and guiding.active(t, self.train_timesteps, self.spec.interval)
         inp = self.scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)  # [2B|B, ...]
         out = self.pipe.denoiser(inp, t.expand(len(inp)), self.pair if cfg else self.cond)
         out = out[:, : x.shape[1]]
         if cfg:
             c, u = out.chunk(2)  # [B, ...] each
-            out = guiding.guide(c, u, self.guidance, self.rescale)
+            out = guiding.guide(c, u, self.guidance, self.spec.rescale)
         self.x = self.scheduler.step(out, t, x, generator=self.generator)
 
     def keep(self, rows: torch.Tensor) -> None:

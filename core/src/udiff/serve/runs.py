@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .. import plugins
 from ..errors import UdiffError
-from ..plugins import defaults
+from ..plugins.assembly import family
 from ..run.directory import Shared, complete_run
 from ..sampling.guidance import valid_interval
 from ..sampling.pipeline import Pipeline
@@ -32,11 +31,11 @@ class ServedRun:
         pipe = self.pipe
         return {"name": self.name, "backbone": self.backbone,
                 "objective": {"scheduler": pipe.scheduler_name,
-                              "family": defaults.family(pipe.scheduler_name)},
+                              "family": family(pipe.scheduler_name)},
                 "labels": pipe.label_names, "image_size": pipe.context.image_size,
                 "image_channels": pipe.context.image_channels,
                 "lora": pipe.adapter is not None,
-                "defaults": {"steps": pipe.sampling.steps, "sampler": pipe.sampling.scheduler,
+                "defaults": {"steps": pipe.sampling.steps, "sampler": pipe.sampling.sampler,
                              "guidance": pipe.sampling.guidance}}  # as `udiff eval` samples
 
     def work(self, req: GenerateRequest, limits: Limits) -> Work:
@@ -57,26 +56,25 @@ class ServedRun:
             raise ApiError(422, "too_many_images", f"{len(labels)} labels x per_label "
                            f"{req.per_label} = {total} images; this server allows at most "
                            f"{limits.max_images} per request", "per_label")
-        sampler, steps, guidance = self.pipe.settings(req.steps, req.guidance, req.sampler)
-        if steps > limits.max_steps:
-            raise ApiError(422, "out_of_range", f"steps {steps} is over this server's limit "
-                           f"{limits.max_steps}", "steps")
-        if guidance > limits.max_guidance:
-            raise ApiError(422, "out_of_range", f"guidance {guidance} is over this server's "
-                           f"limit {limits.max_guidance}", "guidance")
-        try:
-            self.pipe.scheduler(sampler)  # unknown, or of the other objective family
-        except UdiffError as e:
-            raise ApiError(422, "unknown_sampler", str(e), "sampler") from None
         interval = req.guidance_interval
         if interval is not None and not valid_interval(interval):
             raise ApiError(422, "out_of_range", f"guidance_interval {list(interval)} needs "
                            "0 <= lo <= hi <= 1", "guidance_interval")
         seed = req.seed if req.seed is not None else random.randrange(2**31)
+        spec = self.pipe.sampling.but(sampler=req.sampler, steps=req.steps, guidance=req.guidance,
+                                      interval=interval, rescale=req.guidance_rescale, seed=seed)
+        if spec.steps > limits.max_steps:
+            raise ApiError(422, "out_of_range", f"steps {spec.steps} is over this server's limit "
+                           f"{limits.max_steps}", "steps")
+        if spec.guidance > limits.max_guidance:
+            raise ApiError(422, "out_of_range", f"guidance {spec.guidance} is over this server's "
+                           f"limit {limits.max_guidance}", "guidance")
+        try:  # unknown, or of the other objective family (checked, not built)
+            sampler = self.pipe.sampler_component(spec.sampler)
+        except UdiffError as e:
+            raise ApiError(422, "unknown_sampler", str(e), "sampler") from None
         per_image = tuple(x for x in labels for _ in range(req.per_label))
-        return Work(self.name, per_image, req.per_label, steps, sampler, guidance, seed,
-                    plugins.get("scheduler", sampler).meta.stochastic, interval,
-                    req.guidance_rescale)
+        return Work(self.name, per_image, req.per_label, spec, sampler.meta.stochastic)
 
 
 def check(dirs: list[str | Path]) -> list[Path]:

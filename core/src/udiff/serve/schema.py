@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sampling.spec import SamplingSpec
+
 
 class Limits(BaseModel):
     """Per-server bounds; every one is reported by ``GET /v1/runs``."""
@@ -37,9 +39,10 @@ class GenerateRequest(BaseModel):
     guidance: float | None = Field(None, ge=0, description="Classifier-free guidance (1 = off).")
     guidance_interval: tuple[float, float] | None = Field(
         None, description="[lo, hi]: guide only where t/T lies in it (1 = pure noise); "
-        "default: every step.")
-    guidance_rescale: float = Field(0.0, ge=0, le=1, description="Rescale the guided "
-                                    "prediction's std toward the conditional one's (0 = off).")
+        "default: the run's, else every step.")
+    guidance_rescale: float | None = Field(None, ge=0, le=1, description="Rescale the guided "
+                                           "prediction's std toward the conditional one's "
+                                           "(0 = off); default: the run's.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the initial noise; "
                              "absent: a random one, echoed back.")
 
@@ -51,13 +54,8 @@ class Work:
     run: str
     labels: tuple[int, ...]  # one entry per image, label-major (as Pipeline.sample_tensor)
     per_label: int
-    steps: int
-    sampler: str
-    guidance: float
-    seed: int
+    spec: SamplingSpec  # the run's own with the request's fields, its seed drawn if not given
     stochastic: bool  # the sampler draws noise during its steps: never batched with another
-    interval: tuple[float, float] | None = None
-    rescale: float = 0.0
 
     @property
     def images(self) -> int:
@@ -65,7 +63,7 @@ class Work:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys may share a denoiser batch (the run fixes the LoRA adapter)."""
-        return self.run, self.steps, self.sampler, self.guidance, self.interval, self.rescale
+        return self.run, *self.spec.batch_key()
 
 
 class ApiError(Exception):

@@ -74,7 +74,7 @@ class Service:
             job.cancel_requested.set()
 
     def view(self, job: Job) -> dict:
-        out = {"id": job.id, "status": job.status, "step": job.step, "steps": job.work.steps}
+        out = {"id": job.id, "status": job.status, "step": job.step, "steps": job.work.spec.steps}
         if job.status == "succeeded":
             out["result"] = self.result(job)
             job.fetched = True
@@ -90,9 +90,10 @@ class Service:
 
     def _encode(self, job: Job) -> dict:
         w, names = job.work, self.runs[job.work.run].pipe.label_names
-        return {"run": w.run, "seed": w.seed, "steps": w.steps, "sampler": w.sampler,
-                "guidance": w.guidance, "guidance_interval": w.interval,
-                "guidance_rescale": w.rescale, "images": [
+        s = w.spec
+        return {"run": w.run, "seed": s.seed, "steps": s.steps, "sampler": s.sampler,
+                "guidance": s.guidance, "guidance_interval": s.interval,
+                "guidance_rescale": s.rescale, "images": [
                     {"label": label, "label_name": names[label], "png_base64": png_base64(im)}
                     for label, im in zip(w.labels, to_pil(job.images), strict=True)],
                 "timing": job.timing()}

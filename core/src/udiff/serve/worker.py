@@ -66,8 +66,7 @@ class Worker:
             return
         first = jobs[0].work
         pipe = self.runs[first.run].pipe
-        scheduler = pipe.scheduler(first.sampler)  # a fresh one per batch: no shared state
-        generators = [torch.Generator("cpu").manual_seed(j.work.seed) for j in jobs]
+        generators = [torch.Generator("cpu").manual_seed(j.work.spec.seed) for j in jobs]
         noise = torch.cat([torch.randn((j.work.images, *pipe.latent_shape), generator=g)
                            for j, g in zip(jobs, generators, strict=True)])  # [N, c, h, w]
         labels = torch.tensor([x for j in jobs for x in j.work.labels])  # [N]
@@ -75,8 +74,9 @@ class Worker:
         for job in jobs:
             job.start(size)
         self.batches, self.batched_images = self.batches + 1, self.batched_images + size
-        loop = Denoising(pipe, labels, noise, first.steps, first.guidance, scheduler,
-                         generators[0] if first.stochastic else None, first.interval, first.rescale)
+        # a fresh sampler per batch (no state shared between batches), built here once
+        loop = Denoising(pipe, labels, noise, first.spec,
+                         generator=generators[0] if first.stochastic else None)
         active = jobs
         for i, t in enumerate(loop.timesteps):
             gone = [j for j in active if j.cancel_requested.is_set()]

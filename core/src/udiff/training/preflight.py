@@ -12,17 +12,16 @@ from typing import Any
 import torch
 
 from .. import data as datasets
-from .. import pretrained
 from ..config import TrainConfig
 from ..context import Context
 from ..errors import UdiffError
-from ..plugins import defaults
-from ..plugins.assembly import Part, assemble
+from ..plugins.assembly import Part, assemble, scheduler_choice
 from ..run.directory import component_of, load_component
 from ..run.files import prepare_out
-from ..weights import lora
+from ..weights import lora, pretrained
 from .objective import check_prediction
 from .setup import check_batches, require_attention, require_tracker, say
+from .sources import choose
 
 # Below this many images a label's samples risk being near-copies of its training images: 5 per
 # label trained long gives mostly copies, the digits (~180 per label) none (README: Memorisation).
@@ -39,14 +38,16 @@ class Plan:
     denoiser: Part  # the config it is built with (an --init-from's own options)
     conditioner: Part
     scheduler: Part
-    pretrained_autoencoder: tuple | None = None  # (component, config, module, scaling factor)
-    init: dict[str, Any] | None = None  # --init-from: component, config, module, label_table
+    # another run's (--autoencoder-from-run) or a pretrained autoencoder, read once here:
+    # (component, config, module, scaling factor)
+    given_autoencoder: tuple | None = None
+    source: Any = None  # stage 2's latents: sources.DataLatents or sources.TeacherPairs
 
 
 def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes: int = 1) -> Plan:
     parts = {role: Part.of(role, getattr(cfg, role))
              for role in ("autoencoder", "denoiser", "conditioner")}
-    scheduler = Part.of("scheduler", defaults.scheduler_choice(cfg))
+    scheduler = Part.of("scheduler", scheduler_choice(cfg))
     require_attention(cfg.training.attention)
     require_tracker(cfg.training.log_with)
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
@@ -75,55 +76,48 @@ def warn_few_images(data: datasets.LabelledImages) -> None:
 
 
 def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
-    """Read --autoencoder-from and --init-from now, so a wrong path, architecture, pickle or
-    shape fails before --out is touched."""
-    ctx = plan.context
-    if cfg.autoencoder.pretrained:
-        plan.pretrained_autoencoder = pretrained.autoencoder(cfg.autoencoder.pretrained, ctx)
+    """Read the given autoencoder, --init-from and a student's teacher now (each once), so a
+    wrong path, architecture, pickle or shape fails before --out is touched; then choose stage
+    2's latent source."""
+    ctx, choice = plan.context, cfg.autoencoder
+    if choice.pretrained:
+        plan.given_autoencoder = pretrained.autoencoder(choice.pretrained, ctx)
+    elif choice.from_run:
+        folder = Path(choice.from_run) / "autoencoder"
+        comp, config, meta = component_of(folder, "autoencoder")
+        module, _ = load_component(folder, "autoencoder", ctx)
+        plan.given_autoencoder = (comp, config, module, meta["scaling_factor"])
     den = cfg.denoiser
     if den.lora and not den.init_from:
         raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
     if den.lora:
         lora.require()
-    if cfg.distill:  # the student starts as its teacher (a LoRA student: adapters on it)
-        from .distill import init_from_teacher
-
-        init_from_teacher(cfg, plan)
-    elif den.init_from:
-        read_init_from(cfg, plan)
+    # the student starts as its teacher (a LoRA student: adapters on it), read by its source
+    init = read_init_from(cfg, plan) if den.init_from and not cfg.distill else None
+    plan.source = choose(cfg, plan.data, init)
     if den.lora:  # unknown groups or names: one line now, not after the first stage
-        lora.check_targets(plan.init["module"], lora.targets(plan.denoiser.component,
-                                                             den.lora.targets))
+        lora.check_targets(plan.source.module, lora.targets(plan.denoiser.component,
+                                                            den.lora.targets))
 
 
-def read_init_from(cfg: TrainConfig, plan: Plan) -> None:
-    """--init-from: the weights read into the backbone they describe (``plan.init``)."""
+def read_init_from(cfg: TrainConfig, plan: Plan) -> dict[str, Any]:
+    """--init-from: the weights read into the backbone they describe."""
     ctx, den = plan.context, cfg.denoiser
-    if plan.pretrained_autoencoder:
-        ae = plan.pretrained_autoencoder[2]
-    elif cfg.autoencoder.from_run:
-        ae, _ = load_component(Path(cfg.autoencoder.from_run) / "autoencoder", "autoencoder", ctx)
-    else:
-        ae = plan.autoencoder.build(ctx)
+    ae = plan.given_autoencoder[2] if plan.given_autoencoder else plan.autoencoder.build(ctx)
     ctx = ctx.with_latents(ae)
     comp = plan.denoiser.component
     read = pretrained.denoiser_state(comp, den.init_from, plan.denoiser.config, ctx)
     plan.denoiser = Part(comp, comp.make_config(options=read["options"]))
     module = plan.denoiser.build(ctx)
     pretrained.load_strict(module, read["state"], Path(den.init_from))
-    plan.init = {"module": module, "label_table": read.get("label_table")}
+    return {"module": module, "label_table": read.get("label_table")}
 
 
 def latent_context(cfg: TrainConfig, plan: Plan) -> Context:
-    """The latent shape, from an autoencoder built on the meta device (no weights)."""
-    if plan.pretrained_autoencoder:
-        return plan.context.with_latents(plan.pretrained_autoencoder[2])
-    part = plan.autoencoder
-    if cfg.autoencoder.from_run:
-        comp, config, _ = component_of(Path(cfg.autoencoder.from_run) / "autoencoder",
-                                       "autoencoder")
-        part = Part(comp, config)
-    return plan.context.with_latents(part.build(plan.context))
+    """The latent shape, from the given autoencoder or one built on the meta device."""
+    if plan.given_autoencoder:
+        return plan.context.with_latents(plan.given_autoencoder[2])
+    return plan.context.with_latents(plan.autoencoder.build(plan.context))
 
 
 def probe(cfg: TrainConfig, plan: Plan) -> None:

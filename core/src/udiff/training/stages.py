@@ -1,16 +1,14 @@
 """The two stages of a run. Stage 1 trains the autoencoder (or takes another run's, or a
-pretrained one); its latents are encoded once and cached; stage 2 trains conditioner + denoiser
-on the cached latents with the scheduler's objective. Both stages resume from checkpoints.
+pretrained one, read in preflight); stage 2 trains conditioner + denoiser on its latent source's
+latents (:mod:`.sources`) with the scheduler's objective. Both stages resume from checkpoints.
 
-Each function takes the :class:`~udiff.training.trainer.Trainer` as ``run``, for the services
-it hands out (accelerator, log, progress bars, checkpointing), as Lightning hands its trainer to
-each hook."""
+Each function takes the run's :class:`~udiff.training.services.Services` (accelerator, log,
+progress bars, checkpointing) and what it works on, never the trainer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -18,36 +16,24 @@ from .. import data as datasets
 from ..context import Context
 from ..errors import UdiffError
 from ..evaluation.quality import reconstruction
-from ..run.directory import component_of, load_component, save_component
-from ..run.files import atomic_write
-from ..run.layout import LATENTS
+from ..run.directory import component_of, save_component
 from ..weights import sharding
 from .batches import Batches, shuffled
 from .objective import AutoencoderObjective
+from .services import Services
 from .setup import prepare, say
 from .step import DenoiserTraining
 from .validation import Validation
 
 
-def train_autoencoder(run, plan, ctx: Context, checkpoint: Path | None):
+def train_autoencoder(run: Services, plan, ctx: Context, checkpoint: Path | None):
     """Stage 1: the autoencoder, its (component, config), and its scaling factor if known."""
     cfg, acc = run.cfg, run.accelerator
-    choice = cfg.autoencoder
-    if choice.from_run:
-        folder = Path(choice.from_run) / "autoencoder"
-        comp, config, meta = component_of(folder, "autoencoder")
-        autoencoder, _ = load_component(folder, "autoencoder", ctx)
+    if plan.given_autoencoder:  # another run's or a pretrained one, read in preflight
+        comp, config, autoencoder, scaling = plan.given_autoencoder
         check_latent_grid(cfg, autoencoder)
-        autoencoder = autoencoder.to(acc.device).eval()
-        score_autoencoder(run, autoencoder, plan.data)
-        return autoencoder, comp, config, meta["scaling_factor"]
-    if choice.pretrained:
-        comp, config, autoencoder, scaling = plan.pretrained_autoencoder
-        check_latent_grid(cfg, autoencoder)
-        if not choice.finetune:  # frozen: straight to the latent cache
-            autoencoder = autoencoder.to(acc.device)
-            score_autoencoder(run, autoencoder, plan.data)
-            return autoencoder, comp, config, scaling
+        if not cfg.autoencoder.finetune:  # frozen: straight to the latent cache
+            return autoencoder.to(acc.device).eval(), comp, config, scaling
         autoencoder.train().requires_grad_(True)
     else:
         comp, config = plan.autoencoder.component, plan.autoencoder.config
@@ -86,9 +72,7 @@ def train_autoencoder(run, plan, ctx: Context, checkpoint: Path | None):
     if sharding.is_sharded(autoencoder):  # every process encodes and decodes with it
         autoencoder = sharding.plain_copy(autoencoder, lambda: comp.build(config, ctx),
                                           device=acc.device)
-    autoencoder.eval()
-    score_autoencoder(run, autoencoder, plan.data)
-    return autoencoder, comp, config, scaling
+    return autoencoder.eval(), comp, config, scaling
 
 
 def check_latent_grid(cfg, autoencoder: nn.Module) -> None:
@@ -98,73 +82,36 @@ def check_latent_grid(cfg, autoencoder: nn.Module) -> None:
                          f"downsampling factor {f}")
 
 
-def score_autoencoder(run, autoencoder: nn.Module, data: datasets.LabelledImages) -> None:
+def score_autoencoder(run: Services, autoencoder: nn.Module,
+                      data: datasets.LabelledImages) -> dict:
     """PSNR/SSIM of the autoencoder on the images stage 1 never saw (all, if none held out)."""
     t = run.cfg.training
     _, held = datasets.autoencoder_split(data, t.autoencoder_holdout, t.seed)
     r = reconstruction(autoencoder, (held or data).images) | {"held_out": held is not None}
-    run.reconstruction = r
     run.log(stage="autoencoder_eval", step=t.autoencoder_steps, **r)
     say(f"autoencoder: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f} on {r['images']} "
         f"{'held-out' if r['held_out'] else 'training'} images")
+    return r
 
 
-def cache_latents(run, plan, autoencoder: nn.Module, ae_comp, ae_cfg, scaling: float | None):
-    """Encode every image once (plus augmented copies), scale to unit variance, save the
-    autoencoder and the cache (main process); the others read them. -> (latents, labels,
-    scaling)."""
-    cfg, out = run.cfg, run.out
-    if run.main:
-        images, labels = cached_images(cfg, plan.data)
-        latents = encode(run.accelerator.device, autoencoder, images)
-        # SD's scaling_factor: latents of unit variance for the diffusion schedule.
-        scaling = scaling or float(1.0 / latents.std())
-        latents = latents * scaling
-        save_component(out / "autoencoder", ae_comp, ae_cfg, autoencoder,
-                       scaling_factor=scaling, from_run=cfg.autoencoder.from_run)
-        atomic_write(out / LATENTS, lambda p: safetensors.torch.save_file(
-            {"latents": latents.contiguous(), "labels": labels.contiguous()}, str(p)))
-    run.accelerator.wait_for_everyone()
-    if not run.main:
-        latents, labels = read_latents(out)
-        scaling = component_of(out / "autoencoder", "autoencoder")[2]["scaling_factor"]
-    return latents, labels, scaling
+def save_autoencoder(run: Services, comp, config, autoencoder: nn.Module, scaling: float) -> None:
+    save_component(run.out / "autoencoder", comp, config, autoencoder, scaling_factor=scaling,
+                   from_run=run.cfg.autoencoder.from_run)
 
 
-def read_latents(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    cache = safetensors.torch.load_file(str(out / LATENTS))
-    return cache["latents"], cache["labels"]
+def saved_scaling(out: Path) -> float:
+    return component_of(out / "autoencoder", "autoencoder")[2]["scaling_factor"]
 
 
-def cached_images(cfg, data: datasets.LabelledImages) -> tuple[torch.Tensor, torch.Tensor]:
-    """What stage 2 learns from: every image, plus ``copies - 1`` augmented copies drawn once
-    from a seeded generator (the cache is fixed, so augmentation must happen here)."""
-    aug = cfg.data.augment
-    if not aug.active:
-        return data.images, data.labels
-    gen = torch.Generator().manual_seed(cfg.training.seed + 3)
-    copies = [data.images] + [datasets.augment(data.images, aug.translate, aug.hflip, gen)
-                              for _ in range(aug.copies - 1)]
-    return torch.cat(copies), data.labels.repeat(aug.copies)
-
-
-@torch.no_grad()
-def encode(device, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Every image encoded once: unscaled latents ``[N, c, h, w]`` on CPU."""
-    return torch.cat([autoencoder.encode(images[i:i + 256].to(device)).float().cpu()
-                      for i in range(0, len(images), 256)])
-
-
-def train_denoiser(run, stack, name: str, latents: torch.Tensor, labels: torch.Tensor,
-                   checkpoint: Path | None, validation: Validation | None = None,
-                   noise: torch.Tensor | None = None) -> dict:
+def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: Path | None,
+                   validation: Validation | None = None) -> dict:
     """Stage 2: train ``stack``'s denoiser and conditioner in place; they end holding the EMA
     weights. Returns the parameters the optimizer trained and all of them (run.json).
-    ``noise`` ``[N, c, h, w]``: each latent's own noise (distillation pairs), batched with it."""
+    ``tensors``: (latents ``[N, c, h, w]``, labels ``[N]``, each latent's own noise or None)."""
     cfg, acc, t = run.cfg, run.accelerator, run.cfg.training
     denoiser, conditioner = stack.denoiser, stack.conditioner
     training = DenoiserTraining(acc, denoiser, conditioner, stack.scheduler, t, name)
-    tensors = (latents, labels) if noise is None else (latents, labels, noise)
+    tensors = tuple(x for x in tensors if x is not None)
     loader, gen = shuffled(torch.utils.data.TensorDataset(*tensors), t.batch_size, t.seed + 2)
     batches = Batches(acc.prepare(loader), gen, training.draws.streams)
     modules = {"denoiser": denoiser, "conditioner": conditioner}

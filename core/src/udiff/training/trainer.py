@@ -1,35 +1,35 @@
 """The one training loop every backbone goes through (accelerate), read top to bottom in
-:meth:`Trainer.run`. Each concern has its own object or module: the checks before anything is
-written (:mod:`.preflight`), accelerate (:mod:`.setup`), where the run starts and when it saves
+:meth:`Trainer.train`. Each concern has its own object or module: the checks before anything is
+written and the latent source (:mod:`.preflight`, :mod:`.sources`), accelerate (:mod:`.setup`),
+what a stage may use (:class:`~.services.Services`), where the run starts and when it saves
 (:mod:`.checkpointing`), the two stages (:mod:`.stages`), the step (:mod:`.step`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig, to_toml
 from ..evaluation.curves import training_curves
-from ..plugins import defaults
 from ..plugins.assembly import assemble
-from ..run.checkpoints import Checkpointer
+from ..run.checkpoint_files import CheckpointFiles
 from ..run.directory import load_component, save_adapter, save_component
 from ..run.files import atomic_write, write_json
 from ..run.layout import ADAPTER, CONFIG, CURVES, LOG, RUN_FILE
 from ..run.lock import RunLock
 from ..sampling import Pipeline
+from ..sampling.spec import run_spec
 from ..version import __version__
 from ..weights import lora, sharding
-from . import distill, preflight, stages
-from .checkpointing import Checkpointing
+from . import preflight, stages
+from .checkpoint_policy import CheckpointPolicy
 from .preflight import Plan
+from .services import Services
 from .setup import make_accelerator, say
 from .validation import Validation
 
@@ -39,110 +39,95 @@ class Trainer:
                  progress: bool = True, resume: bool = False) -> None:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.overwrite, self.resume = overwrite, resume
-        self.log_path = self.out / LOG
-        self.reconstruction: dict | None = None  # stage 1's PSNR/SSIM, for run.json
-        self.parameters: dict | None = None  # stage 2's trainable and total counts, for run.json
-        self.accelerator = self.checkpointing = None  # set by run()
 
-    # -- services the stages use ------------------------------------------------------------
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def log(self, **row) -> None:
-        """One JSONL row; with a tracker, its numbers too (as ``stage/key`` at the row's step)."""
-        if self.main:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if self.cfg.training.log_with != "none":
-            self.accelerator.log({f"{row['stage']}/{k}": v for k, v in row.items()
-                                  if k not in ("stage", "step") and type(v) in (int, float)},
-                                 step=row["step"])
-
-    def bar(self, total: int, desc: str, initial: int = 0):
-        return tqdm(total=total, initial=initial, desc=desc,
-                    disable=not (self.progress and self.main))
-
-    # -- the run ---------------------------------------------------------------------------
     def check(self, processes: int = 1) -> Plan:
         """Everything the run can be refused for, before anything is written."""
         return preflight.check(self.cfg, self.out, self.overwrite, self.resume, processes)
 
     def run(self) -> Path:
         plan = self.check()
-        self.accelerator = make_accelerator(self.cfg, self.out)
-        self.checkpointing = Checkpointing(self.cfg, self.out, self.accelerator, self.resume,
-                                           self.overwrite)
+        accelerator = make_accelerator(self.cfg, self.out)
+        run = Services(self.cfg, self.out, accelerator, CheckpointPolicy(
+            self.cfg, self.out, accelerator, self.resume, self.overwrite), self.progress)
         self.out.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.out) if self.main else contextlib.nullcontext(), \
-                self.checkpointing.catching_signals():
+        with RunLock(self.out) if run.main else contextlib.nullcontext(), \
+                run.checkpointing.catching_signals():
             try:
-                return self._run(plan)
+                return self.train(run, plan)
             finally:
-                self.accelerator.end_training()
+                accelerator.end_training()
 
-    def _run(self, plan: Plan) -> Path:
-        cfg, out = self.cfg, self.out
-        checkpoint = self.checkpointing.start()
+    def train(self, run: Services, plan: Plan) -> Path:
+        """The loop, top to bottom: where to start, stage 1, stage 2's latents, the stack,
+        stage 2, the saved run."""
+        cfg, out, ctx, source = self.cfg, self.out, plan.context, plan.source
+        checkpoint = run.checkpointing.start()
         if cfg.training.log_with != "none":  # after start(): the tracker creates its folder
-            self.accelerator.init_trackers("udiff")
-        stage = Checkpointer.state(checkpoint)["stage"] if checkpoint else None
+            run.accelerator.init_trackers("udiff")
+        stage = CheckpointFiles.state(checkpoint)["stage"] if checkpoint else None
         start = time.time()
-        if checkpoint is None and self.main:
+        if checkpoint is None and run.main:
             atomic_write(out / CONFIG, lambda p: p.write_text(to_toml(cfg)))
         set_seed(cfg.training.seed)
-        ctx = plan.context
-        if stage == "denoiser":  # stage 1 finished before the checkpoint: its results are saved
-            autoencoder, meta = load_component(out / "autoencoder", "autoencoder", ctx)
-            latents, labels = stages.read_latents(out)
-            scaling = meta["scaling_factor"]
-            stages.score_autoencoder(self, autoencoder, plan.data)
+
+        # stage 1: the autoencoder (finished before a stage-2 checkpoint: saved in the run)
+        if stage == "denoiser":
+            autoencoder, _ = load_component(out / "autoencoder", "autoencoder", ctx)
         else:
             autoencoder, ae_comp, ae_cfg, scaling = stages.train_autoencoder(
-                self, plan, ctx, checkpoint if stage == "autoencoder" else None)
-            latents, labels, scaling = stages.cache_latents(self, plan, autoencoder, ae_comp,
-                                                            ae_cfg, scaling)
-        noise = None
-        if cfg.distill:  # the teacher's guided samples and their noise replace the data
-            latents, labels, noise = distill.pairs(self, cfg)
+                run, plan, ctx, checkpoint if stage == "autoencoder" else None)
+        reconstruction = stages.score_autoencoder(run, autoencoder, plan.data)
 
+        # stage 2's latents, from the source preflight chose (cached once, by the main process)
+        if stage != "denoiser" and run.main:
+            scaling = source.prepare(out, run.accelerator.device, autoencoder, scaling)
+            stages.save_autoencoder(run, ae_comp, ae_cfg, autoencoder, scaling)
+        run.accelerator.wait_for_everyone()
+        scaling, tensors = stages.saved_scaling(out), source.read(out)
+
+        # the stack: the source's starting weights (or fresh ones), LoRA adapters on top
         set_seed(cfg.training.seed + 1)
-        lo = cfg.denoiser.lora
+        init, lo = source.initial(), cfg.denoiser.lora
         adapted = (lambda m: lora.add(m, lo.rank, lo.alpha,
                                       lora.targets(plan.denoiser.component, lo.targets))
                    ) if lo else (lambda m: m)
-        initial = (lambda _: plan.init["module"]) if plan.init else plan.denoiser.build
+        initial = (lambda _: init["module"]) if init else plan.denoiser.build
         stack = assemble(ctx, lambda c: adapted(initial(c)), plan.conditioner.build,
                          plan.scheduler.build, autoencoder=autoencoder)
-        self.reuse_label_table(plan, stack.conditioner)
-        if plan.init and plan.init.get("conditioner_state"):  # udiff distill: the teacher's
-            stack.conditioner.load_state_dict(plan.init["conditioner_state"])
-        if cfg.distill:
-            stack.scheduler = distill.training_scheduler(stack.scheduler, stack.context, cfg)
+        self.reuse_label_table(init, stack.conditioner)
+        if init and init.get("conditioner_state"):  # udiff distill: the teacher's
+            stack.conditioner.load_state_dict(init["conditioner_state"])
+        stack.scheduler = source.scheduler(stack.scheduler, stack.context)
+
+        # stage 2: the denoiser, validated as it trains
         validation = None
         # Sharded modules can only sample in lock-step on every process; whole ones on the main.
-        if cfg.training.validate_every and (self.main or cfg.training.fsdp):
-            validation = Validation(cfg, out, self.log, self.accelerator, plan.data, Pipeline(
+        if cfg.training.validate_every and (run.main or cfg.training.fsdp):
+            validation = Validation(cfg, out, run.log, run.accelerator, plan.data, Pipeline(
                 autoencoder, stack.denoiser, stack.conditioner, plan.scheduler.component.name,
                 plan.scheduler.config, plan.data.label_names, scaling, stack.context,
-                freeze=False, sampling=defaults.run_sampling(cfg)))
+                freeze=False, sampling=run_spec(cfg)))
         comp = plan.denoiser.component
-        self.parameters = stages.train_denoiser(
-            self, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", latents, labels,
-            checkpoint if stage == "denoiser" else None, validation, noise)
+        parameters = stages.train_denoiser(
+            run, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", tensors,
+            checkpoint if stage == "denoiser" else None, validation)
+
+        # the run: whole modules (a sharded run gathers them), saved by the main process
         denoiser, conditioner = stack.denoiser, stack.conditioner
-        if sharding.is_sharded(denoiser):  # whole modules for the main process to save
+        if sharding.is_sharded(denoiser):
             denoiser = sharding.plain_copy(
-                denoiser, lambda: adapted(plan.denoiser.build(stack.denoiser_context)), self.main)
+                denoiser, lambda: adapted(plan.denoiser.build(stack.denoiser_context)), run.main)
             conditioner = sharding.plain_copy(
-                conditioner, lambda: plan.conditioner.build(stack.context), self.main)
-        if self.main:
-            self.save(plan, stack, denoiser, conditioner, time.time() - start)
-        self.accelerator.wait_for_everyone()
+                conditioner, lambda: plan.conditioner.build(stack.context), run.main)
+        if run.main:
+            self.save(run, plan, stack, denoiser, conditioner, {
+                "wall_seconds": time.time() - start, "autoencoder": reconstruction,
+                "parameters": parameters})
+        run.accelerator.wait_for_everyone()
         return out
 
-    def save(self, plan: Plan, stack, denoiser: nn.Module, conditioner: nn.Module,
-             seconds: float) -> None:
+    def save(self, run: Services, plan: Plan, stack, denoiser: nn.Module,
+             conditioner: nn.Module, results: dict) -> None:
         """The finished run (main process): components, then run.json last."""
         out = self.out
         self.save_denoiser(plan, denoiser)
@@ -152,19 +137,20 @@ class Trainer:
         write_json(out / RUN_FILE, {
             "udiff_version": __version__, "labels": plan.data.label_names,
             "context": stack.context.__dict__ | {"cond_dim": 0, "pooled_dim": 0},
-            "wall_seconds": seconds, "autoencoder": self.reconstruction,
-            "parameters": self.parameters,
+            "wall_seconds": results["wall_seconds"], "autoencoder": results["autoencoder"],
+            "parameters": results["parameters"],
             "steps": {"autoencoder": self.cfg.training.autoencoder_steps,
                       "denoiser": self.cfg.training.max_steps},  # --resume compares (train longer)
-            "processes": self.accelerator.num_processes,
-            "distributed_type": self.accelerator.distributed_type.value,
+            "processes": run.accelerator.num_processes,
+            "distributed_type": run.accelerator.distributed_type.value,
         })
-        training_curves(self.log_path, out / CURVES)
+        training_curves(out / LOG, out / CURVES)
 
-    def reuse_label_table(self, plan: Plan, conditioner: nn.Module) -> None:
+    @staticmethod
+    def reuse_label_table(init: dict | None, conditioner: nn.Module) -> None:
         """A pretrained class-embedding table (DiT's) seeds the label conditioner when the label
         count and width match; otherwise the conditioner starts fresh."""
-        table = plan.init and plan.init.get("label_table")
+        table = init and init.get("label_table")
         if table is None:
             return
         own = getattr(getattr(conditioner, "embedding", None), "weight", None)

@@ -10,7 +10,7 @@ import re
 import torch
 
 from udiff.errors import UdiffError
-from udiff.pretrained import NotThisFormat, diffusers_files, read_weights
+from udiff.weights.pretrained import NotThisFormat, diffusers_files, read_weights
 
 from .config import SIZES
 from .export import NULL_CLASS

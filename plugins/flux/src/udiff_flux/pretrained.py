@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from udiff.errors import UdiffError
-from udiff.pretrained import diffusers_files
+from udiff.weights.pretrained import diffusers_files
 
 from .model import PATCH
 

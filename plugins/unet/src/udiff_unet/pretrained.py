@@ -4,7 +4,7 @@ Diffusion repo's ``unet/``). The conditioner's token width follows its ``cross_a
 from __future__ import annotations
 
 from udiff.errors import UdiffError
-from udiff.pretrained import diffusers_files
+from udiff.weights.pretrained import diffusers_files
 
 
 def read_diffusers(path, config, context) -> dict:

@@ -22,12 +22,13 @@ from ..config import resolve
 from ..errors import UdiffError
 from ..evaluation.evaluate import Judge
 from ..images import grid
+from ..machine import machine
 from ..run.directory import complete_run
 from ..run.files import prepare_out, read_json, write_json
 from ..run.layout import CONFIG, RUN_FILE
 from ..sampling import load
+from ..sampling.spec import SamplingSpec, teacher_spec
 from . import tables
-from .serving import machine
 
 TIMING_BATCH = 16  # images per timed call: a server batch, small enough for 2 cores
 SHOWN_LABELS = 4  # rows of the picture
@@ -41,16 +42,16 @@ def halvings(k: int) -> list[int]:
     return out
 
 
-def ms_per_image(pipe, steps: int, guidance: float, sampler: str, repeats: int = 3,
-                 **guiding) -> float:
+def ms_per_image(pipe, spec: SamplingSpec, repeats: int = 3) -> float:
     """The fastest of ``repeats`` calls on one batch (first call warms up), in ms per image."""
     labels = list(range(min(TIMING_BATCH, len(pipe.label_names))))
     per = max(1, TIMING_BATCH // len(labels))
-    pipe.sample_tensor(labels, per, steps, guidance, 0, sampler, **guiding)
+    spec = spec.but(seed=0)
+    pipe.sample_tensor(labels, per, spec)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        pipe.sample_tensor(labels, per, steps, guidance, 0, sampler, **guiding)
+        pipe.sample_tensor(labels, per, spec)
         best = min(best, time.perf_counter() - start)
     return 1000 * best / (len(labels) * per)
 
@@ -63,31 +64,29 @@ def rows_for(student_dir: str | Path, judge: Judge, per_label: int, seed: int,
     cfg = student.config
     d = cfg.distill
     labels = range(len(judge.data.label_names))
-    guided = {"guidance_interval": d.guidance_interval}
-    plan = [("teacher", teacher, d.teacher_sampler, d.teacher_steps, d.guidance, guided)]
-    plan += [("teacher", teacher, student.sampling.scheduler, k, d.guidance, guided)
+    taught = teacher_spec(d).but(seed=seed)  # as the teacher sampled its pairs
+    plan = [("teacher", teacher, taught)]
+    plan += [("teacher", teacher, taught.but(sampler=student.sampling.sampler, steps=k))
              for k in halvings(d.steps)]
-    plan += [("student", student, student.sampling.scheduler, k, 1.0, {})
+    plan += [("student", student, student.sampling.but(steps=k, seed=seed))
              for k in halvings(d.steps)]
     rows, columns = [], []
-    for who, pipe, sampler, steps, guidance, guiding in plan:
-        images, got = pipe.sample_tensor(labels, per_label, steps, guidance, seed, sampler,
-                                         **guiding)
+    for who, pipe, spec in plan:
+        images, got = pipe.sample_tensor(labels, per_label, spec)
         scores, _ = judge.score(images, got)
         rows.append({"student": str(student_dir), "backbone": cfg.denoiser.name,
-                     "trained_with": teacher.scheduler_name, "model": who, "sampler": sampler,
-                     "steps": steps, "guidance": guidance,
-                     "interval": guiding.get("guidance_interval"),
+                     "trained_with": teacher.scheduler_name, "model": who,
+                     "sampler": spec.sampler, "steps": spec.steps, "guidance": spec.guidance,
+                     "interval": list(spec.interval) if spec.interval else None,
                      "label_accuracy": scores["label_accuracy"], "fid": scores["fid"],
                      "kid": scores["kid"], "diversity": scores["diversity"],
-                     "ms_per_image": round(ms_per_image(pipe, steps, guidance, sampler,
-                                                        **guiding), 2)})
+                     "ms_per_image": round(ms_per_image(pipe, spec), 2)})
         if who == "student" or len(rows) == 1:  # the pictures: teacher as it samples, student
             shown = torch.cat([torch.nonzero(got == k)[:4, 0] for k in range(SHOWN_LABELS)])
             columns.append(images[shown])  # [4 labels x 4, C, H, W], label-major
         if progress:
             r = rows[-1]
-            print(f"udiff bench distill: {r['backbone']} {who} {steps} steps: accuracy "
+            print(f"udiff bench distill: {r['backbone']} {who} {r['steps']} steps: accuracy "
                   f"{r['label_accuracy']:.3f} FID {r['fid']:.1f} {r['ms_per_image']:.1f} ms per "
                   "image", file=sys.stderr, flush=True)
     return rows, columns
@@ -100,7 +99,7 @@ def run(student_dirs: list[str], out: str | Path, per_label: int = 30, seed: int
         cfg = resolve(complete_run(s) / CONFIG)
         if cfg.distill is None:
             raise UdiffError(f"run {s} is not a distilled student (its config has no [distill])")
-        judges.append(Judge(cfg.distill.teacher, seed, progress=progress))
+        judges.append(Judge(cfg.distill.teacher, progress=progress, seed=seed))
     prepare_out(out, overwrite)
     rows, pictures, training = [], [], []
     for s, judge in zip(student_dirs, judges, strict=True):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import platform
 import re
 import signal
 import socket
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import UdiffError
+from ..machine import machine
 from ..run.files import prepare_out, write_json
 
 TARGETS = {"batching_gain_c16": (">=", 2.0), "latency_ratio_c1": ("<=", 1.2)}
@@ -100,13 +99,13 @@ def closed_loop(port: int, clients: int, seconds: float, body: dict) -> dict:
 
 def library_ms(pipe, work: dict, repeats: int) -> float:
     """Median wall time of ``Pipeline.sample`` for one request's work (after a warm-up call)."""
-    args = (work["labels"], work["per_label"], work["steps"], work["guidance"], 0,
-            work["sampler"])
-    pipe.sample(*args)
+    spec = pipe.spec(steps=work["steps"], guidance=work["guidance"], sampler=work["sampler"],
+                     seed=0)
+    pipe.sample(work["labels"], work["per_label"], spec)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        pipe.sample(*args)
+        pipe.sample(work["labels"], work["per_label"], spec)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -127,8 +126,8 @@ def latency_ratio(port: int, body: dict, pipe, seconds: float, rounds: int = 3) 
 def run(run_dir: str | Path, out: str | Path, concurrency=(1, 4, 16, 64), seconds: float = 10.0,
         overwrite: bool = False) -> dict:
     run_dir, out = Path(run_dir), Path(out)
+    from ..serve.process import require
     from ..serve.runs import check
-    from ..serve.server import require
 
     require()
     check([run_dir])
@@ -176,15 +175,6 @@ def ratios(points: dict, latency: float) -> dict:
     out["latency_ratio_c1"] = latency
     out["lost"] = sum(p["lost"] for ps in points.values() for p in ps)
     return out
-
-
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "?"
-    return f"{cpu}, {os.cpu_count()} CPUs"
 
 
 def markdown(result: dict) -> str:

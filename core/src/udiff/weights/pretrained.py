@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import plugins
-from .errors import UdiffError
-from .plugins.contract import resolve
+from .. import plugins
+from ..errors import UdiffError
+from ..plugins.contract import resolve
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
                 "diffusion_pytorch_model.bin")

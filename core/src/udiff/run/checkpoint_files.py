@@ -101,7 +101,7 @@ def snapshot(modules: dict[str, nn.Module], optimizer, ema=None, keep: bool = Tr
 
 
 # -- one checkpoint -------------------------------------------------------------------------------
-class Checkpointer:
+class CheckpointFiles:
     """Writes, finds and loads the checkpoints of one run directory."""
 
     def __init__(self, run_dir: Path, keep: int = 2) -> None:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from ..config import TrainConfig, to_toml
 from ..errors import UdiffError
-from ..run.checkpoints import Checkpointer, set_rng_state, snapshot
+from ..run.checkpoint_files import CheckpointFiles, set_rng_state, snapshot
 from ..run.files import atomic_write, prepare_out, read_json
 from ..run.layout import CONFIG, RUN_FILE
 from .batches import Batches
@@ -74,12 +74,12 @@ def config_difference(cfg: TrainConfig, saved_toml: Path | None,
     return None
 
 
-class Checkpointing:
+class CheckpointPolicy:
     def __init__(self, cfg: TrainConfig, out: Path, accelerator: Accelerator, resume: bool,
                  overwrite: bool) -> None:
         self.cfg, self.out, self.accelerator = cfg, out, accelerator
         self.resume, self.overwrite = resume, overwrite
-        self.checkpointer = Checkpointer(out, cfg.training.keep_checkpoints)
+        self.checkpointer = CheckpointFiles(out, cfg.training.keep_checkpoints)
         self.interrupted = 0  # the signal number once SIGINT/SIGTERM arrived (agreed by all)
         self.own_signal = 0  # the signal this process received itself
         self._parent: int | None = None
@@ -152,7 +152,7 @@ class Checkpointing:
             raise UdiffError(f"--resume: a complete run can only be trained longer (a larger "
                              f"--max-steps); this differs too: {rest}")
         final = self.checkpointer.latest()
-        state = Checkpointer.state(final) if final else {}
+        state = CheckpointFiles.state(final) if final else {}
         if state.get("stage") != "denoiser" or state.get("step") != done:
             raise UdiffError(f"--resume: the run in {self.out} kept no final checkpoint "
                              f"(trained before udiff kept one); train a new run instead")
@@ -214,7 +214,7 @@ class Checkpointing:
 
     def restore(self, checkpoint: Path, modules: dict, optimizer, lr_scheduler,
                 batches: Batches, ema=None) -> dict:
-        got = Checkpointer.load(checkpoint, modules, optimizer, lr_scheduler, ema)
+        got = CheckpointFiles.load(checkpoint, modules, optimizer, lr_scheduler, ema)
         batches.restore(got["data"])
         set_rng_state(*got["rng"])
         return got["state"]

@@ -12,9 +12,8 @@ from pydantic import BaseModel
 
 
 class Scheduler:
-    """Base class for udiff schedulers; ``family`` says which runs a sampler may be swapped into."""
-
-    family = "noise"
+    """Base class for udiff schedulers. Which runs a sampler may be swapped into is its
+    registered ``family`` (meta), not an attribute here."""
 
     def __init__(self, config: BaseModel, sampler) -> None:
         self.config = config

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from ..evaluation.evaluate import Judge
+from ..machine import machine
 from ..run.files import prepare_out, write_json
 from . import tables
-from .serving import machine
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 INTERVALS = ((0.0, 1.0), (0.2, 0.8), (0.0, 0.6))  # all of it; the middle; away from pure noise
@@ -26,22 +26,21 @@ def run(run_dirs: list[str], out: str | Path, scales=SCALES, intervals=INTERVALS
         per_label: int = 30, steps: int | None = None, seed: int = 0,
         overwrite: bool = False, progress: bool = True) -> dict:
     out = Path(out)
-    judges = [Judge(r, seed, progress=progress) for r in run_dirs]  # bad runs fail before --out
+    # bad runs fail before --out; each sweeps its own spec (sampler, steps, rescale)
+    judges = [Judge(r, progress=progress, steps=steps, seed=seed) for r in run_dirs]
     prepare_out(out, overwrite)
     rows = []
     for judge in judges:
         labels = range(len(judge.data.label_names))
-        n = steps or judge.cfg.sampling.steps
         settings = [(s, iv) for s in scales for iv in (intervals if s != 1 else intervals[:1])]
         for scale, interval in settings:  # scale 1 is unguided whatever the interval
             start = time.time()
-            images, got = judge.pipe.sample_tensor(labels, per_label, n, scale, seed,
-                                                   judge.sampler_name, progress=False,
-                                                   guidance_interval=interval)
+            spec = judge.spec.but(guidance=scale, interval=interval)
+            images, got = judge.pipe.sample_tensor(labels, per_label, spec)
             scores, _ = judge.score(images, got)
             rows.append({"run": str(judge.run_dir), "backbone": judge.cfg.denoiser.name,
                          "trained_with": judge.pipe.scheduler_name,
-                         "sampler": judge.sampler_name, "steps": n, "guidance": scale,
+                         "sampler": spec.sampler, "steps": spec.steps, "guidance": scale,
                          "interval": list(interval), "label_accuracy": scores["label_accuracy"],
                          "fid": scores["fid"], "kid": scores["kid"],
                          "diversity": scores["diversity"],
