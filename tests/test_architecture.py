@@ -140,7 +140,8 @@ def loaded_after(*argv: str) -> set[str]:
 
 
 def test_help_and_plugins_import_no_model_library():
-    for argv in (["--help"], ["train", "--help"], ["sample", "--help"], ["plugins"],
+    for argv in (["--help"], ["train", "--help"], ["sample", "--help"], ["bench", "--help"],
+                 ["bench", "perf", "--help"], ["plugins"],
                  ["plugins", "--json"]):
         heavy = {m for m in loaded_after(*argv) if m.split(".")[0] in ("torch", "diffusers",
                                                                         "timm", "accelerate")}

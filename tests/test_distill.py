@@ -18,6 +18,7 @@ import torch
 from test_resume import wait_for_checkpoint, weights
 
 import udiff
+from udiff.sampling.spec import SamplingSpec
 from conftest import TINY
 from udiff import plugins
 from udiff.cli import main
@@ -63,11 +64,11 @@ def test_student_is_closer_to_the_teacher_than_its_few_steps(cli, tmp_path, back
     t, s = udiff.load(teacher), udiff.load(student)
     d = tomllib.loads((student / "config.toml").read_text())["distill"]
     few = "few-step" if objective == "flow" else "ddim"
-    assert s.sampling == (few, 2, 1.0)  # what it samples with when not told
+    assert s.sampling == SamplingSpec(few, 2, 1.0)  # what it samples with when not told
     labels = list(range(10))
-    reference, _ = t.sample_tensor(labels, 2, d["teacher_steps"], 2.0, seed=7,
-                                   scheduler=d["teacher_sampler"])  # as the pairs were sampled
-    teacher_few, _ = t.sample_tensor(labels, 2, 2, 2.0, seed=7, scheduler=few)
+    reference, _ = t.sample_tensor(labels, 2, steps=d["teacher_steps"], guidance=2.0, seed=7,
+                                   sampler=d["teacher_sampler"])  # as the pairs were sampled
+    teacher_few, _ = t.sample_tensor(labels, 2, steps=2, guidance=2.0, seed=7, sampler=few)
     student_few, _ = s.sample_tensor(labels, 2, seed=7)  # its own: 2 steps, guidance 1
     d_student, d_teacher = distance(student_few, reference), distance(teacher_few, reference)
     print(f"{backbone} {objective}: student {d_student:.4f} teacher few-step {d_teacher:.4f}")

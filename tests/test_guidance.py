@@ -40,24 +40,25 @@ def test_interval_is_on_the_normalised_noise_level():
 
 def test_sampling_with_an_interval_and_rescale(tiny_run, monkeypatch):
     pipe = udiff.load(tiny_run)
-    args = ([0, 3], 2, 6, 4.0, 5, "dpm++")
-    plain = pipe.sample_tensor(*args)[0]
-    assert torch.equal(pipe.sample_tensor(*args, guidance_interval=(0.0, 1.0))[0], plain)
-    assert torch.equal(pipe.sample_tensor(*args, guidance_rescale=0.0)[0], plain)
+    args = ([0, 3], 2)
+    spec = pipe.spec(steps=6, guidance=4.0, seed=5, sampler="dpm++")
+    plain = pipe.sample_tensor(*args, spec)[0]
+    assert torch.equal(pipe.sample_tensor(*args, spec.but(interval=(0.0, 1.0)))[0], plain)
+    assert torch.equal(pipe.sample_tensor(*args, spec.but(rescale=0.0))[0], plain)
     # An empty interval never guides: the same as guidance 1 (and one pass per step, not two).
     rows = []
     forward = pipe.denoiser.forward
     monkeypatch.setattr(pipe.denoiser, "forward", lambda x, *a, **k: rows.append(len(x))
                         or forward(x, *a, **k))
-    never = pipe.sample_tensor(*args, guidance_interval=(0.0, 0.0))[0]
+    never = pipe.sample_tensor(*args, spec.but(interval=(0.0, 0.0)))[0]
     assert set(rows) == {4}  # 4 images, no unconditional half
-    unguided = pipe.sample_tensor([0, 3], 2, 6, 1.0, 5, "dpm++")[0]
+    unguided = pipe.sample_tensor(*args, spec.but(guidance=1.0))[0]
     assert torch.allclose(never, unguided, atol=1e-6)
     rows.clear()
-    partly = pipe.sample_tensor(*args, guidance_interval=(0.5, 1.0))[0]
+    partly = pipe.sample_tensor(*args, spec.but(interval=(0.5, 1.0)))[0]
     assert 4 in rows and 8 in rows  # guided at high noise only
     assert not torch.allclose(partly, plain) and not torch.allclose(partly, unguided)
-    rescaled = pipe.sample_tensor(*args, guidance_rescale=0.7)[0]
+    rescaled = pipe.sample_tensor(*args, spec.but(rescale=0.7))[0]
     assert (rescaled - plain).abs().max() > 1e-3
 
 

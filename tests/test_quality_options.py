@@ -56,7 +56,7 @@ def test_prediction_types_train_and_sample(cli, tiny_run, tmp_path, kind):
     out = train(cli, tmp_path, f'[scheduler]\nname = "ddpm"\noptions = {{prediction_type = "{kind}", '
                 'snr_gamma = 5.0}\n', "--autoencoder", tiny_run)
     for sampler in ("ddim", "dpm++"):  # the samplers are built with the run's prediction type
-        images, _ = udiff.load(out).sample_tensor([3], per_label=2, steps=4, scheduler=sampler)
+        images, _ = udiff.load(out).sample_tensor([3], per_label=2, steps=4, sampler=sampler)
         assert torch.isfinite(images).all()
 
 

@@ -20,8 +20,9 @@ from udiff.cli import main
 pytest.importorskip("fastapi")
 
 
-def library(run, labels, per_label, steps, guidance, seed, sampler, **guiding) -> np.ndarray:
-    images = udiff.load(run).sample(labels, per_label, steps, guidance, seed, sampler, **guiding)
+def library(run, labels, per_label, steps, guidance, seed, sampler, **options) -> np.ndarray:
+    images = udiff.load(run).sample(labels, per_label, steps=steps, guidance=guidance, seed=seed,
+                                    sampler=sampler, **options)
     return np.stack([np.asarray(im) for im in images])
 
 
@@ -78,8 +79,8 @@ def test_alone_and_batched_results_equal_the_librarys(live, tiny_run):
     guided, plain = (decode(r[2]) for r in results)
     assert results[0][2]["guidance_interval"] == [0.2, 0.8]
     assert results[0][2]["guidance_rescale"] == 0.7
-    close(guided, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++", guidance_interval=(0.2, 0.8),
-                          guidance_rescale=0.7))
+    close(guided, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++", interval=(0.2, 0.8),
+                          rescale=0.7))
     close(plain, library(tiny_run, [4], 2, 6, 4.0, 7, "dpm++"))
     assert np.abs(guided.astype(int) - plain.astype(int)).max() > 1  # the options did something
 
@@ -329,10 +330,11 @@ def test_lora_runs_share_one_base(lora_runs):
 
 def test_finished_jobs_are_kept_for_a_bounded_time_and_count(tiny_run):
     from udiff.serve.jobs import Job, JobStore
+    from udiff.sampling.spec import SamplingSpec
     from udiff.serve.schema import Limits, Work
 
     store = JobStore(Limits(max_finished_jobs=2, job_ttl_s=60))
-    work = Work("tiny", (0,), 1, 3, "dpm++", 6.0, 0, False)
+    work = Work("tiny", (0,), 1, SamplingSpec("dpm++", 3, 6.0), False)
     jobs = [Job(work) for _ in range(4)]
     for job in jobs:
         store.add(job)

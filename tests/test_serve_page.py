@@ -94,7 +94,7 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, 
         assert page.eval_on_selector_all("#grid img", "els => els.map(i => i.alt)") == ["carol"] * 2
         guidance = float(page.input_value("#guidance"))
         want = np.stack([np.asarray(im) for im in udiff.load(named_run).sample(
-            [2], 2, 6, guidance, 3)])
+            [2], 2, steps=6, guidance=guidance, seed=3)])
         got = shown_images(page)
         assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
         assert offline == []  # nothing outside this server was requested

@@ -60,13 +60,13 @@ def test_every_sampler_and_guidance(tiny_run):
     outs = {}
     for sched in ("ddpm", "ddim", "dpm++"):
         images, labels = pipe.sample_tensor([1, 2], per_label=2, steps=4, guidance=2.0, seed=0,
-                                            scheduler=sched)
+                                            sampler=sched)
         assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
         assert labels.tolist() == [1, 1, 2, 2]
         outs[sched] = images
     assert not torch.equal(outs["ddim"], outs["dpm++"])
     unguided, _ = pipe.sample_tensor([1, 2], per_label=2, steps=4, guidance=1.0, seed=0,
-                                     scheduler="ddim")
+                                     sampler="ddim")
     assert not torch.equal(unguided, outs["ddim"])
 
 
@@ -163,7 +163,7 @@ def test_v_prediction_objective(cli, tmp_path):
     torch.testing.assert_close(sched.add_noise(x0, noise, t), a * x0 + s * noise)
     out = train_tiny_with(cli, tmp_path,
                           '[scheduler]\nname = "ddpm"\noptions = {prediction_type = "v_prediction"}\n')
-    images, _ = udiff.load(out).sample_tensor([2], per_label=2, steps=3, scheduler="dpm++")
+    images, _ = udiff.load(out).sample_tensor([2], per_label=2, steps=3, sampler="dpm++")
     assert torch.isfinite(images).all()
 
 

@@ -30,7 +30,7 @@ def test_dit_pipeline_matches_udiff(dit_run, tmp_path, guidance, scheduler):
                  "--out", str(out)]) == 0
     labels = [0, 3, 7, 9]
     ours, _ = udiff.load(dit_run).sample_tensor(labels, per_label=1, steps=8, guidance=guidance,
-                                                seed=0, scheduler=scheduler)
+                                                seed=0, sampler=scheduler)
     ours = ((ours + 1) / 2).permute(0, 2, 3, 1).numpy()  # [N, H, W, C] in [0, 1]
     pipe = DiTPipeline.from_pretrained(out)
     theirs = pipe(class_labels=labels, guidance_scale=guidance, num_inference_steps=8,

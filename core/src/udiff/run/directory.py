@@ -4,6 +4,7 @@ File names: :mod:`udiff.run.layout`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -122,14 +123,15 @@ def load_component(folder: Path, role: str, context, shared: Shared | None = Non
         load_weights(module, folder / ADAPTER, only=lora.adapter_state(module, name), name=name)
         return module, {**meta, "adapter": name}
 
-    def make():
+    def make(data: bytes | None = None):
         module = comp.build(config, context)
-        load_weights(module, folder / WEIGHTS)
+        load_weights(module, folder / WEIGHTS, data=data)
         return module
 
     if shared is None or not (folder / WEIGHTS).is_file():
         return make(), meta
-    return shared.get((*key, lora.fingerprint(folder / WEIGHTS)), make), meta
+    data = (folder / WEIGHTS).read_bytes()  # read once: its SHA-256 is the key, then its weights
+    return shared.get((*key, hashlib.sha256(data).hexdigest()), lambda: make(data)), meta
 
 
 def loader(folder: Path, role: str, shared: Shared | None = None):
@@ -138,20 +140,22 @@ def loader(folder: Path, role: str, shared: Shared | None = None):
 
 
 def load_weights(module: nn.Module, path: Path, only: dict | None = None,
-                 name: str = lora.DEFAULT) -> None:
-    """All of ``module``'s weights from ``path`` (or exactly the keys of ``only``); a LoRA
-    adapter saved as ``default`` goes in as adapter ``name``."""
-    if not path.is_file():
+                 name: str = lora.DEFAULT, data: bytes | None = None) -> None:
+    """All of ``module``'s weights from ``path`` (its bytes ``data`` if already read), or exactly
+    the keys of ``only``; a LoRA adapter saved as ``default`` goes in as adapter ``name``."""
+    if data is None and not path.is_file():
         raise UdiffError(f"run directory {path.parent.parent} is incomplete: missing {path}")
     try:
-        if name == lora.DEFAULT:
-            missing, unexpected = safetensors.torch.load_model(module, str(path), strict=False)
-        else:
-            state = {k.replace(f".{lora.DEFAULT}.", f".{name}."): v
-                     for k, v in safetensors.torch.load_file(str(path)).items()}
-            missing, unexpected = module.load_state_dict(state, strict=False)
+        state = safetensors.torch.load(path.read_bytes() if data is None else data)
+        if name != lora.DEFAULT:
+            state = {k.replace(f".{lora.DEFAULT}.", f".{name}."): v for k, v in state.items()}
+        missing, unexpected = module.load_state_dict(state, strict=False)
     except Exception as e:  # truncated/tampered headers, shape mismatches
         raise UdiffError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
+    # tied weights are saved once (safetensors' save_model): a missing alias of a loaded tensor
+    own = module.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in missing if own[k].data_ptr() not in loaded]
     if only is not None:
         missing = [k for k in missing if k.replace(f".{name}.", f".{lora.DEFAULT}.") in only]
     if missing or unexpected:
