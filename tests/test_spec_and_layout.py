@@ -17,6 +17,7 @@ from PIL import Image
 
 import udiff
 from udiff import plugins
+from udiff.errors import UdiffError
 from udiff.hookspecs import hookimpl
 from udiff.sampling.spec import SamplingSpec
 
@@ -53,7 +54,7 @@ def test_a_runs_sampling_table_is_a_complete_default(tiny_run, own_sampling, cli
     assert a.shape == b.shape and (a == b).all()
     # an override replaces one field and keeps the rest
     assert pipe.spec(steps=5) == SamplingSpec("ddim", 5, 2.5, (0.3, 0.9), 0.5, 0)
-    with pytest.raises(udiff.UdiffError, match="cannot sample"):
+    with pytest.raises(UdiffError, match="cannot sample"):
         pipe.spec(sampler="flow")  # the other objective family
 
 
@@ -139,6 +140,37 @@ def test_udiff_serve_reads_each_run_file_once_and_a_request_none(tiny_run, tmp_p
     assert {k: v for k, v in reads["loaded"].items() if v != 1} == {}
 
 
+def test_a_student_loads_its_teacher_once_and_encodes_no_data(tiny_run, tmp_path):
+    reads = reads_of("""
+        from udiff.cli import main
+        assert main(["distill", str(run), "--steps", "2", "--pairs", "16", "--max-steps", "2",
+                     "--batch-size", "16", "--out", sys.argv[2]]) == 0
+        print(json.dumps(reads))
+    """, tiny_run, tmp_path / "student")
+    assert reads["autoencoder/model.safetensors"] == 1  # the teacher's, taken by the student
+    assert reads["conditioner/model.safetensors"] == 1
+    # the denoiser: loaded once; its SHA-256 taken for the student's config and checked again
+    # before the pairs are sampled (a teacher that changed in between is refused)
+    assert reads["denoiser/model.safetensors"] == 3
+    assert (tmp_path / "student" / "pairs.safetensors").is_file()
+    assert not (tmp_path / "student" / "latents.safetensors").exists()  # no data encoded
+
+
+def test_a_reused_autoencoder_is_loaded_once_with_init_from(tiny_run, tmp_path):
+    reads = reads_of("""
+        from udiff.cli import main
+        out = Path(sys.argv[2])
+        assert main(["export", str(run), "--out", str(out / "base")]) == 0
+        reads.clear()
+        assert main(["train", "--data", "digits", "--batch-size", "16", "--backbone", "unet",
+                     "--autoencoder", str(run), "--init-from", str(out / "base" / "unet"),
+                     "--max-steps", "2", "--out", str(out / "run")]) == 0
+        print(json.dumps(reads))
+    """, tiny_run, tmp_path)
+    assert reads["autoencoder/model.safetensors"] == 1
+    assert "denoiser/model.safetensors" not in reads  # --init-from is the exported folder
+
+
 class Hello:
     """A command from a plugin: `udiff hello NAME`."""
 
@@ -188,7 +220,7 @@ def test_a_plugin_adds_a_command_and_a_broken_one_stops_nothing(cli):
     assert code == 0 and "hello world" in out
     listing = {p["name"]: p for p in json.loads(cli("plugins", "--json")[1])}
     assert listing["udiff-hello"]["provides"] == {"command": ["hello"]}
-    line = cli.fails("boom", match="command 'boom' from plugin udiff-boom failed")
+    line = cli.fails("boom", "x", match="command 'boom' from plugin udiff-boom failed")
     assert "ZeroDivisionError" in line
     plugins.reset()
     plugins.register_plugin(Clashing(), "udiff-clash")

@@ -42,7 +42,7 @@ def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None
     except ValueError as e:
         raise UdiffError(f"cannot export {name}: {e}") from None
     vae = pipe.autoencoder.to_diffusers(pipe.scaling_factor)
-    name = scheduler or pipe.sampling.scheduler  # the run's own (a student's few-step sampler)
+    name = scheduler or pipe.sampling.sampler  # the run's own (a student's few-step sampler)
     sampler = pipe.scheduler(name).sampler
     if name == "few-step":  # diffusers' FlowMatchEuler spaces K steps its own way
         k = pipe.sampling.steps

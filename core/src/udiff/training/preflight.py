@@ -80,21 +80,23 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
     wrong path, architecture, pickle or shape fails before --out is touched; then choose stage
     2's latent source."""
     ctx, choice = plan.context, cfg.autoencoder
+    plan.source = choose(cfg, plan.data)  # a student's teacher is loaded here, once
     if choice.pretrained:
         plan.given_autoencoder = pretrained.autoencoder(choice.pretrained, ctx)
     elif choice.from_run:
         folder = Path(choice.from_run) / "autoencoder"
         comp, config, meta = component_of(folder, "autoencoder")
-        module, _ = load_component(folder, "autoencoder", ctx)
+        module = plan.source.loaded_autoencoder(choice.from_run)  # the teacher's, if it is
+        if module is None:
+            module, _ = load_component(folder, "autoencoder", ctx)
         plan.given_autoencoder = (comp, config, module, meta["scaling_factor"])
     den = cfg.denoiser
     if den.lora and not den.init_from:
         raise UdiffError("LoRA trains adapters on a pretrained base: give --init-from")
     if den.lora:
         lora.require()
-    # the student starts as its teacher (a LoRA student: adapters on it), read by its source
-    init = read_init_from(cfg, plan) if den.init_from and not cfg.distill else None
-    plan.source = choose(cfg, plan.data, init)
+    if den.init_from and plan.source.reads_init_from:  # a student's is its teacher's folder
+        plan.source.init = read_init_from(cfg, plan)
     if den.lora:  # unknown groups or names: one line now, not after the first stage
         lora.check_targets(plan.source.module, lora.targets(plan.denoiser.component,
                                                             den.lora.targets))

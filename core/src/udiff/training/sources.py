@@ -31,9 +31,14 @@ class DataLatents:
     """Every image (plus augmented copies) encoded once, scaled to unit variance and cached in
     ``latents.safetensors``; fresh noise each step. ``init``: ``--init-from``'s weights."""
 
-    def __init__(self, cfg: TrainConfig, data: datasets.LabelledImages,
-                 init: dict[str, Any] | None = None) -> None:
-        self.cfg, self.data, self.init = cfg, data, init
+    reads_init_from = True  # preflight reads --init-from into ``init``
+
+    def __init__(self, cfg: TrainConfig, data: datasets.LabelledImages) -> None:
+        self.cfg, self.data = cfg, data
+        self.init: dict[str, Any] | None = None
+
+    def loaded_autoencoder(self, run_dir) -> nn.Module | None:
+        return None
 
     @property
     def module(self) -> nn.Module | None:
@@ -81,9 +86,17 @@ class TeacherPairs:
     seeded noise, cached in ``pairs.safetensors``; the student starts as the teacher and learns
     them at the K timesteps it samples on."""
 
+    reads_init_from = False  # a LoRA student's --init-from is its teacher's denoiser folder
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, self.d = cfg, cfg.distill
         self.teacher: Pipeline = load(self.d.teacher)
+
+    def loaded_autoencoder(self, run_dir) -> nn.Module | None:
+        """The teacher's autoencoder, already loaded, when the student takes it (it does)."""
+        if Path(run_dir).resolve() == Path(self.d.teacher).resolve():
+            return self.teacher.autoencoder
+        return None
 
     @property
     def module(self) -> nn.Module:
@@ -128,9 +141,9 @@ class TeacherPairs:
         return training_scheduler(scheduler, context, self.cfg)
 
 
-def choose(cfg: TrainConfig, data: datasets.LabelledImages, init: dict | None):
+def choose(cfg: TrainConfig, data: datasets.LabelledImages) -> DataLatents | TeacherPairs:
     """The run's latent source (preflight, once)."""
-    return TeacherPairs(cfg) if cfg.distill else DataLatents(cfg, data, init)
+    return TeacherPairs(cfg) if cfg.distill else DataLatents(cfg, data)
 
 
 @torch.no_grad()
