@@ -9,14 +9,15 @@ import pytest
 
 from udiff import hookspecs
 from udiff.plugins import HOOKS
+from udiff.plugins.registry import COMMAND_HOOK
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
          if name.startswith("register_")]
 
 
-def test_one_spec_per_role():
-    assert sorted(SPECS) == sorted(HOOKS.values())
+def test_one_spec_per_role_and_one_for_commands():
+    assert sorted(SPECS) == sorted([*HOOKS.values(), COMMAND_HOOK])
 
 
 @pytest.mark.parametrize("name", SPECS)
