@@ -18,10 +18,10 @@ import torch
 from test_resume import wait_for_checkpoint, weights
 
 import udiff
-from udiff.sampling.spec import SamplingSpec
 from conftest import TINY
 from udiff import plugins
 from udiff.cli import main
+from udiff.sampling.spec import SamplingSpec
 from udiff.weights.lora import fingerprint
 
 # A noise teacher that samples sanely after a test's few hundred steps: v-prediction (a tiny

@@ -329,8 +329,8 @@ def test_lora_runs_share_one_base(lora_runs):
 
 
 def test_finished_jobs_are_kept_for_a_bounded_time_and_count(tiny_run):
-    from udiff.serve.jobs import Job, JobStore
     from udiff.sampling.spec import SamplingSpec
+    from udiff.serve.jobs import Job, JobStore
     from udiff.serve.schema import Limits, Work
 
     store = JobStore(Limits(max_finished_jobs=2, job_ttl_s=60))
