@@ -152,10 +152,10 @@ def load_weights(module: nn.Module, path: Path, only: dict | None = None,
         missing, unexpected = module.load_state_dict(state, strict=False)
     except Exception as e:  # truncated/tampered headers, shape mismatches
         raise UdiffError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
-    # tied weights are saved once (safetensors' save_model): a missing alias of a loaded tensor
-    own = module.state_dict()
-    loaded = {own[k].data_ptr() for k in state if k in own}
-    missing = [k for k in missing if own[k].data_ptr() not in loaded]
+    if missing:  # tied weights are saved once (safetensors' save_model): an alias is no gap
+        own = module.state_dict()
+        loaded = {own[k].data_ptr() for k in state if k in own}
+        missing = [k for k in missing if own[k].data_ptr() not in loaded]
     if only is not None:
         missing = [k for k in missing if k.replace(f".{name}.", f".{lora.DEFAULT}.") in only]
     if missing or unexpected:

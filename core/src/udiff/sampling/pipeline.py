@@ -135,7 +135,7 @@ class Pipeline:
         """Images ``[N, C, H, W]`` in [-1, 1] and their labels ``[N]``, label-major. ``spec``:
         how (default: the run's own); ``overrides``: fields of it (``steps=``, ``guidance=``,
         ``sampler=``, ``interval=``, ``rescale=``, ``seed=``)."""
-        spec = (spec or self.sampling).but(**overrides) if overrides else spec or self.sampling
+        spec = (spec or self.sampling).but(**overrides)
         labels = self.check_labels(labels).repeat_interleave(per_label)
         sched = self.scheduler(spec.sampler)
         # Noise as diffusers' randn_tensor draws it on CPU: one generator, whole batch shape.

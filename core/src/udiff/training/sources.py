@@ -47,16 +47,17 @@ class DataLatents:
     def initial(self) -> dict[str, Any] | None:
         return self.init
 
-    def prepare(self, out: Path, device, autoencoder: nn.Module, scaling: float | None) -> float:
+    def prepare(self, out: Path, device, autoencoder: nn.Module,
+                scaling: float | None) -> tuple[float, Tensors]:
         """(Main process) encode and cache; -> the scaling factor (SD's: unit-variance latents
-        for the diffusion schedule, unless the autoencoder brought its own)."""
+        for the diffusion schedule, unless the autoencoder brought its own) and the latents."""
         images, labels = self.images()
         latents = encode(device, autoencoder, images)
         scaling = scaling or float(1.0 / latents.std())
         latents = latents * scaling
         atomic_write(out / LATENTS, lambda p: safetensors.torch.save_file(
             {"latents": latents.contiguous(), "labels": labels.contiguous()}, str(p)))
-        return scaling
+        return scaling, (latents, labels, None)
 
     @staticmethod
     def read(out: Path) -> Tensors:
@@ -111,25 +112,27 @@ class TeacherPairs:
         return {"module": module.train().requires_grad_(True),
                 "conditioner_state": self.teacher.conditioner.state_dict()}
 
-    def prepare(self, out: Path, device, autoencoder: nn.Module, scaling: float | None) -> float:
+    def prepare(self, out: Path, device, autoencoder: nn.Module,
+                scaling: float | None) -> tuple[float, Tensors]:
         """(Main process) the teacher's guided samples, unless a resumed run has them."""
         d, path = self.d, out / PAIRS
-        if not path.is_file():
-            if lora.fingerprint(Path(d.teacher) / "denoiser" / WEIGHTS) != d.teacher_sha256:
-                raise UdiffError(f"teacher {d.teacher} changed since this run began (SHA-256 of "
-                                 "its denoiser weights differs)")
-            say(f"distill: {d.pairs} guided samples of the teacher ({d.teacher_steps} steps of "
-                f"{d.teacher_sampler}, guidance {d.guidance})")
-            z, x0, y = teacher_pairs(self.teacher.to(device), d.pairs, teacher_spec(d),
-                                     self.cfg.training.seed + 5)
-            if x0.std() > DIVERGED:  # the teacher's latents are scaled to unit variance
-                say(f"distill: warning: the teacher's samples are far off its training latents "
-                    f"(std {x0.std():.1f}, the latents' 1.0): an undertrained teacher; the "
-                    "student will learn what it samples")
-            atomic_write(path, lambda p: safetensors.torch.save_file(
-                {"x0": x0.contiguous(), "labels": y.contiguous(), "noise": z.contiguous()},
-                str(p)))
-        return scaling
+        if path.is_file():
+            return scaling, self.read(out)
+        if lora.fingerprint(Path(d.teacher) / "denoiser" / WEIGHTS) != d.teacher_sha256:
+            raise UdiffError(f"teacher {d.teacher} changed since this run began (SHA-256 of "
+                             "its denoiser weights differs)")
+        say(f"distill: {d.pairs} guided samples of the teacher ({d.teacher_steps} steps of "
+            f"{d.teacher_sampler}, guidance {d.guidance})")
+        z, x0, y = teacher_pairs(self.teacher.to(device), d.pairs, teacher_spec(d),
+                                 self.cfg.training.seed + 5)
+        if x0.std() > DIVERGED:  # the teacher's latents are scaled to unit variance
+            say(f"distill: warning: the teacher's samples are far off its training latents "
+                f"(std {x0.std():.1f}, the latents' 1.0): an undertrained teacher; the "
+                "student will learn what it samples")
+        atomic_write(path, lambda p: safetensors.torch.save_file(
+            {"x0": x0.contiguous(), "labels": y.contiguous(), "noise": z.contiguous()},
+            str(p)))
+        return scaling, (x0.cpu(), y, z)  # as read back: on the CPU, for the loader
 
     @staticmethod
     def read(out: Path) -> Tensors:

@@ -94,13 +94,19 @@ def score_autoencoder(run: Services, autoencoder: nn.Module,
     return r
 
 
-def save_autoencoder(run: Services, comp, config, autoencoder: nn.Module, scaling: float) -> None:
-    save_component(run.out / "autoencoder", comp, config, autoencoder, scaling_factor=scaling,
-                   from_run=run.cfg.autoencoder.from_run)
-
-
-def saved_scaling(out: Path) -> float:
-    return component_of(out / "autoencoder", "autoencoder")[2]["scaling_factor"]
+def cache_latents(run: Services, source, autoencoder: nn.Module, comp, config,
+                  scaling: float | None) -> tuple[float, tuple]:
+    """The source's latents, cached by the main process with the autoencoder (and the scaling
+    factor it settles); the others read both once they are written. -> (scaling, tensors)."""
+    if run.main:
+        scaling, tensors = source.prepare(run.out, run.accelerator.device, autoencoder, scaling)
+        save_component(run.out / "autoencoder", comp, config, autoencoder,
+                       scaling_factor=scaling, from_run=run.cfg.autoencoder.from_run)
+    run.accelerator.wait_for_everyone()
+    if not run.main:
+        scaling = component_of(run.out / "autoencoder", "autoencoder")[2]["scaling_factor"]
+        tensors = source.read(run.out)
+    return scaling, tensors
 
 
 def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: Path | None,

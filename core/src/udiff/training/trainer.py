@@ -72,18 +72,18 @@ class Trainer:
 
         # stage 1: the autoencoder (finished before a stage-2 checkpoint: saved in the run)
         if stage == "denoiser":
-            autoencoder, _ = load_component(out / "autoencoder", "autoencoder", ctx)
+            autoencoder, meta = load_component(out / "autoencoder", "autoencoder", ctx)
         else:
             autoencoder, ae_comp, ae_cfg, scaling = stages.train_autoencoder(
                 run, plan, ctx, checkpoint if stage == "autoencoder" else None)
         reconstruction = stages.score_autoencoder(run, autoencoder, plan.data)
 
         # stage 2's latents, from the source preflight chose (cached once, by the main process)
-        if stage != "denoiser" and run.main:
-            scaling = source.prepare(out, run.accelerator.device, autoencoder, scaling)
-            stages.save_autoencoder(run, ae_comp, ae_cfg, autoencoder, scaling)
-        run.accelerator.wait_for_everyone()
-        scaling, tensors = stages.saved_scaling(out), source.read(out)
+        if stage == "denoiser":
+            scaling, tensors = meta["scaling_factor"], source.read(out)
+        else:
+            scaling, tensors = stages.cache_latents(run, source, autoencoder, ae_comp, ae_cfg,
+                                                    scaling)
 
         # the stack: the source's starting weights (or fresh ones), LoRA adapters on top
         set_seed(cfg.training.seed + 1)
