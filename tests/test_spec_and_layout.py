@@ -252,3 +252,11 @@ def test_the_core_runtime_needs_no_pytest():
     assert not [r for r in runtime if r.startswith("pytest")]
     bench = [r.split(";")[0].strip() for r in requires("udiff-core") if 'extra == "bench"' in r]
     assert {r.split(">")[0] for r in bench} == {"pytest", "pytest-benchmark"}
+
+
+@pytest.mark.parametrize("argv, match", [
+    ((), "required: perf|serve|guidance|distill"),
+    (("nope", "--out", "x"), "invalid choice: 'nope'"),
+])
+def test_bench_without_a_known_sub_command_is_one_line(cli, argv, match):
+    cli.fails("bench", *argv, match=match)
