@@ -77,14 +77,23 @@ def extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
+def label_folders(root: Path, what: str) -> list[Path]:
+    """The label sub-folders of ``root``, sorted; ``what`` names the argument in errors."""
     if not root.exists():
-        raise UdiffError(f"--data {root}: no such folder (or use --data digits)")
+        raise UdiffError(f"{what}: no such folder (or use --data digits)")
     if not root.is_dir():
-        raise UdiffError(f"--data {root}: not a folder of label folders")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UdiffError(f"{what}: not a folder of label folders")
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise UdiffError(f"{what}: cannot read the folder ({e.strerror or type(e).__name__})") from None
     if not folders:
-        raise UdiffError(f"--data {root}: no label sub-folders (expected one folder per label)")
+        raise UdiffError(f"{what}: no label sub-folders (expected one folder per label)")
+    return folders
+
+
+def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
+    folders = label_folders(root, f"--data {root}")
     images, labels, names = [], [], []
     known = extensions()
     for folder in folders:

@@ -14,6 +14,7 @@ import torch
 from .. import data as datasets
 from ..config import TrainConfig
 from ..context import Context
+from ..data_report import FEW_IMAGES
 from ..errors import UdiffError
 from ..plugins.assembly import Part, assemble, scheduler_choice
 from ..run.directory import component_of, load_component
@@ -23,9 +24,6 @@ from .objective import check_prediction
 from .setup import check_batches, require_attention, require_tracker, say
 from .sources import choose
 
-# Below this many images a label's samples risk being near-copies of its training images: 5 per
-# label trained long gives mostly copies, the digits (~180 per label) none (README: Memorisation).
-FEW_IMAGES = 100
 
 
 @dataclass
