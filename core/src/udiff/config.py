@@ -119,21 +119,34 @@ class TrainingConfig(Strict):
                                  "if that cannot fit, none is written and the last one is kept.")
     max_nonfinite: int = Field(20, ge=1, description="Stop after this many consecutive "
                                "non-finite losses (each is skipped and counted).")
-    validate_every: int = Field(0, ge=0, description="Every N denoiser steps (and at the end): a "
-                                "small sample grid and its label accuracy (EMA weights); 0 = off.")
+    holdout: float = Field(0.1, ge=0, lt=1, description="Fraction of each label (at least one "
+                           "image) neither stage nor the reference classifier ever trains on: "
+                           "validation's held-out set; 0 = train on everything.")
+    validate_every: int = Field(0, ge=0, description="Every N denoiser steps (and at the end), "
+                                "with the EMA weights: the held-out loss (fixed noise and "
+                                "timesteps), a sample grid, its label accuracy and FID/KID "
+                                "against the held-out images; 0 = off.")
     validate_per_label: int = Field(4, ge=1, description="Validation samples per label.")
+    early_stop: int = Field(0, ge=0, description="Stop stage 2 when the early-stop metric has "
+                            "not improved for N validations; the run keeps the best validated "
+                            "weights; 0 = off (needs --validate-every).")
+    early_stop_metric: Literal["fid", "loss", "accuracy"] = Field(
+        "fid", description="What --early-stop watches: validation FID, held-out loss or label "
+        "accuracy.")
     log_with: Literal["none", "tensorboard"] = Field("none", description="Also log to this "
                                                      "accelerate tracker (in <run>/tensorboard).")
 
 
 class SamplingConfig(Strict):
     scheduler: str | None = Field(None, description="Sampler; default: the training scheduler.")
-    steps: int = Field(50, ge=1, le=1000, description="Sampling steps.")
+    steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps; default: the "
+                              "objective family's (flow 20, noise prediction 50).")
     guidance: float | None = Field(None, ge=0, description="Classifier-free guidance scale (1 = "
                                    "off); default: the objective family's.")
     guidance_interval: tuple[float, float] | None = Field(
         None, description="Guide only at noise levels t/T in [LO, HI] (1 = pure noise; "
-        "Kynkäänniemi et al. 2024); elsewhere the conditional prediction alone.")
+        "Kynkäänniemi et al. 2024); elsewhere the conditional prediction alone. Default: the "
+        "objective family's (flow: [0.2, 0.8]; noise prediction: every step); [0, 1] = always.")
     guidance_rescale: float = Field(0.0, ge=0, le=1, description="Bring the guided "
                                     "prediction's std back towards the conditional one's "
                                     "(Lin et al. 2024); 0 = off.")

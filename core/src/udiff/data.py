@@ -45,12 +45,28 @@ def split_indices(labels: torch.Tensor, holdout: float, seed: int) -> tuple[torc
     return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
 
 
-def autoencoder_split(data: LabelledImages, holdout: float,
-                      seed: int) -> tuple[LabelledImages, LabelledImages | None]:
-    """Stage 1's images and the ones it never sees (scored by PSNR/SSIM); None when holdout=0."""
-    if holdout <= 0:
-        return data, None
-    return data.split(holdout, seed)
+@dataclass
+class Splits:
+    """Who sees which image. Stage 2 (and the reference classifier that judges it) never sees
+    ``held``; stage 1 never sees ``held`` nor its own ``autoencoder_held`` (scored by PSNR/SSIM).
+    Both splits are :func:`split_indices` with the run's seed, so at equal fractions they are the
+    same images."""
+
+    train: LabelledImages  # stage 2's images
+    held: LabelledImages | None  # validation's held-out images (None: holdout 0)
+    autoencoder_train: LabelledImages
+    autoencoder_held: LabelledImages | None
+
+
+def splits(data: LabelledImages, holdout: float, autoencoder_holdout: float, seed: int) -> Splits:
+    """The run's splits (``training.holdout``, ``training.autoencoder_holdout``, seed)."""
+    none = torch.zeros(len(data), dtype=torch.bool)
+    mask = lambda frac: none.clone().index_fill_(0, split_indices(data.labels, frac, seed)[1], True) \
+        if frac > 0 else none  # noqa: E731
+    held, ae_held = mask(holdout), mask(autoencoder_holdout)
+    part = lambda m: data.subset(torch.nonzero(m)[:, 0])  # noqa: E731
+    return Splits(part(~held), part(held) if held.any() else None, part(~(held | ae_held)),
+                  part(ae_held) if ae_held.any() else None)
 
 
 def load(source: str, image_size: int, channels: int | None = None) -> LabelledImages:

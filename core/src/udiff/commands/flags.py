@@ -52,7 +52,8 @@ TRAIN_FLAGS = (
     *training("max_steps", "autoencoder_steps", "batch_size", "lr", "mixed_precision",
               "gradient_checkpointing", "compile", "attention", "device", "seed",
               "checkpoint_every", "keep_checkpoints", "grace_seconds", "max_nonfinite",
-              "validate_every", "log_with", "fsdp"),
+              "validate_every", "validate_per_label", "holdout", "early_stop",
+              "early_stop_metric", "log_with", "fsdp"),
 )
 
 # `udiff distill`: the student's training (the rest of its config comes from the teacher).

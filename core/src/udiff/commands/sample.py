@@ -30,7 +30,7 @@ def add_sampling(p) -> None:
     more = {k: fields[k].description.rstrip(".") for k in ("guidance_interval",
                                                              "guidance_rescale")}
     p.add_argument("--guidance-interval", metavar="LO,HI",
-                   help=f"{more['guidance_interval']} (default: the run's, else everywhere; "
+                   help=f"{more['guidance_interval']} (default: the run's, else its family's; "
                    "0,1 = everywhere)")
     p.add_argument("--guidance-rescale", type=float, metavar="X",
                    help=f"{more['guidance_rescale']} (default: the run's, else 0)")

@@ -57,8 +57,11 @@ class Judge:
         self.seed, self.cfg = self.spec.seed, self.pipe.config
         self.data = data = datasets.load(self.cfg.data.source, self.cfg.data.image_size,
                                          self.cfg.data.channels)
+        t = self.cfg.training
+        # the classifier never sees the run's held-out images (training.holdout), as in validation
+        self.splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.seed)
         self.classifier, self.reference_accuracy = train_reference(
-            data, seed=self.cfg.training.seed, progress=progress)
+            self.splits.train, seed=t.seed, progress=progress)
         self.features = inception_net or ClassifierFeatures(self.classifier)
         self.real = embed(self.features, data.images)  # [N_real, F]
         half_a, half_b = datasets.split_indices(data.labels, 0.5, self.seed)
@@ -105,11 +108,11 @@ def evaluate_run(run_dir: str | Path, out: str | Path, per_label: int = 30,
     images, labels = judge.pipe.sample_tensor(range(len(data.label_names)), per_label, spec,
                                               progress=progress)
     scores, pairs = judge.score(images, labels)
-    _, held = datasets.autoencoder_split(data, cfg.training.autoencoder_holdout, cfg.training.seed)
+    held = judge.splits.autoencoder_held
     metrics = {
         "run_dir": str(run_dir), "backbone": cfg.denoiser.name,
         "trained_with": judge.pipe.scheduler_name, **scores,
-        "autoencoder": reconstruction(judge.pipe.autoencoder, (held or data).images) | {
+        "autoencoder": reconstruction(judge.pipe.autoencoder, (held or judge.splits.train).images) | {
             "held_out": held is not None},
         "settings": {"per_label": per_label, **spec.settings(), "real_images": len(data),
                      "inception_weights": str(judge.weights) if judge.weights else None},

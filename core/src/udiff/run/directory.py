@@ -19,7 +19,7 @@ from ..plugins import Component
 from ..version import __version__
 from ..weights import lora, pretrained
 from .files import atomic_write, read_json, write_json
-from .layout import ADAPTER, COMPONENT_CONFIG, RUN_FILE, WEIGHTS
+from .layout import ADAPTER, COMPONENT_CONFIG, CONFIG, RUN_FILE, WEIGHTS
 
 
 def complete_run(run_dir: str | Path) -> Path:
@@ -28,6 +28,11 @@ def complete_run(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise UdiffError(f"run directory {run_dir} does not exist")
     if not (run_dir / RUN_FILE).is_file():
+        inside = sorted(p.parent for p in run_dir.glob(f"*/{RUN_FILE}"))  # e.g. a demo's folder
+        if inside and not (run_dir / CONFIG).exists():
+            raise UdiffError(f"{run_dir} is not a run directory but holds "
+                             f"{'runs' if len(inside) > 1 else 'a run'}: "
+                             f"{', '.join(str(p) for p in inside[:3])}")
         raise UdiffError(f"run directory {run_dir} is incomplete (no {RUN_FILE}: training did "
                          "not finish)")
     return run_dir

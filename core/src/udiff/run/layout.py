@@ -8,6 +8,7 @@
     RUN/<role>/config.json           component, plugin, version, validated config
     RUN/<role>/model.safetensors     its weights (a LoRA denoiser: adapter.safetensors)
     RUN/checkpoints/<i>-<stage>-<step>/  resumable checkpoints (COMPLETE written last)
+    RUN/best.safetensors             --early-stop: the best validated weights so far
     RUN/validation/step-N.png, RUN/tensorboard/, RUN/.lock
 """
 
@@ -25,4 +26,5 @@ MARKER = "COMPLETE"
 CHECKPOINT_STATE = "state.json"  # stage, step, LR schedule (beside the tensors of each file)
 LOCK = ".lock"
 VALIDATION = "validation"
+BEST = "best.safetensors"
 TENSORBOARD = "tensorboard"

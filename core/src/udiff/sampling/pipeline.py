@@ -20,7 +20,7 @@ from ..run.layout import CONFIG, RUN_FILE
 from ..scheduler_base import Scheduler
 from ..weights import lora
 from . import guidance as guiding
-from .spec import SamplingSpec, family_sampler, run_spec
+from .spec import SamplingSpec, family_default, run_spec
 
 
 class Pipeline:
@@ -35,10 +35,7 @@ class Pipeline:
         self.label_names, self.scaling_factor, self.context = label_names, scaling_factor, context
         self.latent_shape = (context.latent_channels, context.latent_size, context.latent_size)
         # what a call leaves out: the run's own (its config's [sampling]); else its family's
-        if sampling is None:
-            name, guidance = family_sampler(scheduler_name)
-            sampling = SamplingSpec(name, 50, guidance)
-        self.sampling = sampling
+        self.sampling = sampling or family_default(scheduler_name)
         for m in (autoencoder, denoiser, conditioner):
             m.eval()
             if freeze:  # freeze=False: modules still in training (validation samples from them)

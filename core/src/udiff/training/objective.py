@@ -111,6 +111,13 @@ def objective_loss(model: nn.Module, scheduler, x0: torch.Tensor, y: torch.Tenso
     ts = draws.timesteps(scheduler, x0)
     if label_dropout > 0:
         y = torch.where(draws.uniform(y) < label_dropout, torch.full_like(y, null_label), y)
+    return denoising_loss(model, scheduler, x0, y, noise, ts)
+
+
+def denoising_loss(model: nn.Module, scheduler, x0: torch.Tensor, y: torch.Tensor,
+                   noise: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    """The scheduler's weighted MSE at given noise ``[B, c, h, w]`` and timesteps ``[B]``
+    (validation fixes both, so its held-out loss does not vary between validations)."""
     pred = model(scheduler.add_noise(x0, noise, ts), ts, y)
     target = scheduler.target(x0, noise, ts)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(

@@ -40,6 +40,7 @@ class Plan:
     # (component, config, module, scaling factor)
     given_autoencoder: tuple | None = None
     source: Any = None  # stage 2's latents: sources.DataLatents or sources.TeacherPairs
+    splits: datasets.Splits | None = None  # who trains on which image (validation's held-out)
 
 
 def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes: int = 1) -> Plan:
@@ -50,10 +51,12 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     require_tracker(cfg.training.log_with)
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
     check_batches(cfg.training, processes)
+    check_validation(cfg.training, processes)
     warn_few_images(data)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
-    plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler)
+    plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler,
+                splits=held_out(cfg, data))
     read_pretrained(cfg, plan)
     probe(cfg, plan)
     if out.exists() and not out.is_dir():
@@ -61,6 +64,30 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     if not resume:
         prepare_out(out, overwrite, clear=False)
     return plan
+
+
+def check_validation(t, processes: int) -> None:
+    if t.early_stop and not t.validate_every:
+        raise UdiffError("--early-stop needs validation to watch: give --validate-every N")
+    if t.early_stop and t.fsdp:
+        raise UdiffError("--early-stop keeps the best validated weights whole, which a sharded "
+                         "(--fsdp) run does not hold: train with DDP (without --fsdp)")
+    if t.early_stop and t.holdout == 0 and t.early_stop_metric != "accuracy":
+        raise UdiffError(f"--early-stop-metric {t.early_stop_metric} is measured on held-out "
+                         "images: give --holdout above 0 (or watch accuracy)")
+
+
+def held_out(cfg: TrainConfig, data: datasets.LabelledImages) -> datasets.Splits:
+    """The run's splits; a label left with no training image is refused."""
+    t = cfg.training
+    splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.seed)
+    kept = torch.bincount(splits.train.labels, minlength=len(data.label_names))  # [K]
+    empty = [data.label_names[k] for k, n in enumerate(kept) if n == 0]
+    if empty:
+        raise UdiffError(f"--holdout {t.holdout} leaves label {empty[0]!r} with no training image "
+                         f"(every label keeps at least one image out): add images or give "
+                         "--holdout 0")
+    return splits
 
 
 def warn_few_images(data: datasets.LabelledImages) -> None:
@@ -78,7 +105,7 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
     wrong path, architecture, pickle or shape fails before --out is touched; then choose stage
     2's latent source."""
     ctx, choice = plan.context, cfg.autoencoder
-    plan.source = choose(cfg, plan.data)  # a student's teacher is loaded here, once
+    plan.source = choose(cfg, plan.splits.train)  # a student's teacher is loaded here, once
     if choice.pretrained:
         plan.given_autoencoder = pretrained.autoencoder(choice.pretrained, ctx)
     elif choice.from_run:

@@ -19,6 +19,7 @@ from ..evaluation.quality import reconstruction
 from ..run.directory import component_of, save_component
 from ..weights import sharding
 from .batches import Batches, shuffled
+from .early_stop import EarlyStopping
 from .objective import AutoencoderObjective
 from .services import Services
 from .setup import prepare, say
@@ -40,7 +41,7 @@ def train_autoencoder(run: Services, plan, ctx: Context, checkpoint: Path | None
         autoencoder, scaling = plan.autoencoder.build(ctx), None
     check_latent_grid(cfg, autoencoder)
     t, aug = cfg.training, cfg.data.augment
-    train_part, _ = datasets.autoencoder_split(plan.data, t.autoencoder_holdout, t.seed)
+    train_part = plan.splits.autoencoder_train  # never validation's held-out images
     opt = torch.optim.AdamW(autoencoder.parameters(), lr=t.autoencoder_lr)
     loader, gen = shuffled(torch.utils.data.TensorDataset(train_part.images),
                            t.autoencoder_batch_size, t.seed)
@@ -82,13 +83,11 @@ def check_latent_grid(cfg, autoencoder: nn.Module) -> None:
                          f"downsampling factor {f}")
 
 
-def score_autoencoder(run: Services, autoencoder: nn.Module,
-                      data: datasets.LabelledImages) -> dict:
+def score_autoencoder(run: Services, autoencoder: nn.Module, splits: datasets.Splits) -> dict:
     """PSNR/SSIM of the autoencoder on the images stage 1 never saw (all, if none held out)."""
-    t = run.cfg.training
-    _, held = datasets.autoencoder_split(data, t.autoencoder_holdout, t.seed)
-    r = reconstruction(autoencoder, (held or data).images) | {"held_out": held is not None}
-    run.log(stage="autoencoder_eval", step=t.autoencoder_steps, **r)
+    held = splits.autoencoder_held
+    r = reconstruction(autoencoder, (held or splits.train).images) | {"held_out": held is not None}
+    run.log(stage="autoencoder_eval", step=run.cfg.training.autoencoder_steps, **r)
     say(f"autoencoder: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f} on {r['images']} "
         f"{'held-out' if r['held_out'] else 'training'} images")
     return r
@@ -112,11 +111,14 @@ def cache_latents(run: Services, source, autoencoder: nn.Module, comp, config,
 def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: Path | None,
                    validation: Validation | None = None) -> dict:
     """Stage 2: train ``stack``'s denoiser and conditioner in place; they end holding the EMA
-    weights. Returns the parameters the optimizer trained and all of them (run.json).
+    weights (with --early-stop: the best validated ones). Returns the parameters the optimizer
+    trained and all of them, the steps run and the early stop's summary (run.json).
     ``tensors``: (latents ``[N, c, h, w]``, labels ``[N]``, each latent's own noise or None)."""
     cfg, acc, t = run.cfg, run.accelerator, run.cfg.training
     denoiser, conditioner = stack.denoiser, stack.conditioner
     training = DenoiserTraining(acc, denoiser, conditioner, stack.scheduler, t, name)
+    stopping = EarlyStopping(t.early_stop_metric, t.early_stop, run.out, run.main) \
+        if t.early_stop else None
     tensors = tuple(x for x in tensors if x is not None)
     loader, gen = shuffled(torch.utils.data.TensorDataset(*tensors), t.batch_size, t.seed + 2)
     batches = Batches(acc.prepare(loader), gen, training.draws.streams)
@@ -125,6 +127,8 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
         state = run.checkpointing.restore(checkpoint, modules, training.optimizer,
                                           training.lr_scheduler, batches, training.ema)
         training.steps, training.nonfinite = state["step"], state["nonfinite"]
+        if stopping:
+            stopping.load_state(state.get("early_stop"))
     with run.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}", training.steps) as bar:
         while training.steps < t.max_steps:
             loss = training.step(*next(batches))
@@ -136,13 +140,36 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
                 run.log(stage="denoiser", step=training.steps, loss=loss,
                         lr=training.lr_scheduler.get_last_lr()[0],
                         skipped_nonfinite=training.skipped)
-            if validation and (training.steps % t.validate_every == 0
-                               or training.steps == t.max_steps):
-                run.log(stage="validation", step=training.steps, **validation(training))
+            stop = validate(run, training, validation, stopping)
+            if stop:
+                stopping.stop(training.steps)
+                break
             if run.checkpointing.due(training.steps, t.max_steps, final=True):
                 run.checkpointing.save("denoiser", training.steps, modules, training.optimizer,
                                        training.lr_scheduler, batches, training.ema,
-                                       {"nonfinite": training.nonfinite})
+                                       {"nonfinite": training.nonfinite} | (
+                                           {"early_stop": stopping.state()} if stopping else {}))
     training.finish()
-    return {"trainable": sum(p.numel() for p in training.params),
-            "total": sum(p.numel() for p in training.model.parameters())}
+    if stopping and run.main:
+        stopping.restore_best(training.params)
+    return {"parameters": {"trainable": sum(p.numel() for p in training.params),
+                           "total": sum(p.numel() for p in training.model.parameters())},
+            "steps": training.steps, "early_stop": stopping.summary() if stopping else None}
+
+
+def validate(run: Services, training: DenoiserTraining, validation: Validation | None,
+             stopping: EarlyStopping | None) -> bool:
+    """Validate when due (the main process; every process of a sharded run) and log the row;
+    -> whether early stopping ends stage 2 here, the same answer on every process."""
+    t, steps = run.cfg.training, training.steps
+    if not t.validate_every or not (steps % t.validate_every == 0 or steps == t.max_steps):
+        return False
+    row = validation(training) if validation else None
+    if row is not None:
+        run.log(stage="validation", step=steps, **row)
+    if stopping is None:
+        return False
+    weights = training.ema.shadow if training.ema is not None else training.params
+    stop = stopping.update(row, steps, weights) if row is not None else False
+    flag = torch.tensor([float(stop)], device=run.accelerator.device)
+    return bool(run.accelerator.reduce(flag, reduction="sum").item() > 0) and steps < t.max_steps

@@ -76,7 +76,7 @@ class Trainer:
         else:
             autoencoder, ae_comp, ae_cfg, scaling = stages.train_autoencoder(
                 run, plan, ctx, checkpoint if stage == "autoencoder" else None)
-        reconstruction = stages.score_autoencoder(run, autoencoder, plan.data)
+        reconstruction = stages.score_autoencoder(run, autoencoder, plan.splits)
 
         # stage 2's latents, from the source preflight chose (cached once, by the main process)
         if stage == "denoiser":
@@ -99,16 +99,16 @@ class Trainer:
             stack.conditioner.load_state_dict(init["conditioner_state"])
         stack.scheduler = source.scheduler(stack.scheduler, stack.context)
 
-        # stage 2: the denoiser, validated as it trains
+        # stage 2: the denoiser, validated on held-out images as it trains
         validation = None
         # Sharded modules can only sample in lock-step on every process; whole ones on the main.
         if cfg.training.validate_every and (run.main or cfg.training.fsdp):
-            validation = Validation(cfg, out, run.log, run.accelerator, plan.data, Pipeline(
+            validation = Validation(cfg, out, run.log, run.accelerator, plan.splits, Pipeline(
                 autoencoder, stack.denoiser, stack.conditioner, plan.scheduler.component.name,
                 plan.scheduler.config, plan.data.label_names, scaling, stack.context,
-                freeze=False, sampling=run_spec(cfg)))
+                freeze=False, sampling=run_spec(cfg)), stack.scheduler)
         comp = plan.denoiser.component
-        parameters = stages.train_denoiser(
+        stage2 = stages.train_denoiser(
             run, stack, f"denoiser {comp.name!r} from plugin {comp.plugin}", tensors,
             checkpoint if stage == "denoiser" else None, validation)
 
@@ -121,8 +121,7 @@ class Trainer:
                 conditioner, lambda: plan.conditioner.build(stack.context), run.main)
         if run.main:
             self.save(run, plan, stack, denoiser, conditioner, {
-                "wall_seconds": time.time() - start, "autoencoder": reconstruction,
-                "parameters": parameters})
+                "wall_seconds": time.time() - start, "autoencoder": reconstruction} | stage2)
         run.accelerator.wait_for_everyone()
         return out
 
@@ -140,7 +139,10 @@ class Trainer:
             "wall_seconds": results["wall_seconds"], "autoencoder": results["autoencoder"],
             "parameters": results["parameters"],
             "steps": {"autoencoder": self.cfg.training.autoencoder_steps,
-                      "denoiser": self.cfg.training.max_steps},  # --resume compares (train longer)
+                      "denoiser": results["steps"]},  # --resume compares (train longer)
+            "holdout": {"images": 0 if plan.splits.held is None else len(plan.splits.held),
+                        "fraction": self.cfg.training.holdout},
+            "early_stop": results["early_stop"],
             "processes": run.accelerator.num_processes,
             "distributed_type": run.accelerator.distributed_type.value,
         })

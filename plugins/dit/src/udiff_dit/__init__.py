@@ -13,7 +13,7 @@ __all__ = ["PRESETS", "DiT", "DiTConfig"]
 
 @hookimpl
 def register_denoisers(register):
-    register("dit", DiTConfig, "udiff_dit.model:DiT", PRESETS, default_scheduler="ddpm",
+    register("dit", DiTConfig, "udiff_dit.model:DiT", PRESETS, default_scheduler="flow",
              init_formats={"facebookresearch/DiT state dict": "udiff_dit.pretrained:read_official",
                            "diffusers DiTTransformer2DModel folder":
                            "udiff_dit.pretrained:read_diffusers"},
