@@ -27,14 +27,17 @@ HASH_SIZE, NEAR = 16, 12
 SHOWN = 8  # thumbnails per label in data.png
 
 
-def scan(root: str | Path) -> dict:
-    """The report as JSON-ready values; a missing, empty or unreadable folder is a UdiffError."""
+def scan(root: str | Path, what: str | None = None) -> dict:
+    """The report as JSON-ready values; a missing, empty or unreadable folder is a UdiffError
+    (``what`` names the argument in it)."""
     import imagehash
 
     root = Path(root)
-    folders = label_folders(root, f"udiff data {root}")
+    what = what or f"udiff data {root}"
+    folders = label_folders(root, what)
     known = extensions()
     labels, unreadable, skipped, by_sha, hashes = {}, [], [], defaultdict(list), []
+    short_sides = []
     for folder in folders:
         sizes, modes, cropped = [], Counter(), []
         try:
@@ -59,6 +62,7 @@ def scan(root: str | Path) -> dict:
                 continue
             by_sha[hashlib.sha256(raw).hexdigest()].append(str(f))
             sizes.append((w, h))
+            short_sides.append(min(w, h))
             modes[mode] += 1
             cut = 1 - min(w, h) / max(w, h)
             if cut > CROP_CUT:
@@ -67,10 +71,12 @@ def scan(root: str | Path) -> dict:
     if not any(v["images"] for v in labels.values()):
         from .errors import UdiffError
 
-        raise UdiffError(f"udiff data {root}: no readable images in any label folder")
+        raise UdiffError(f"{what}: no readable images in any label folder")
     report = {
         "root": str(root), "labels": labels,
         "images": sum(v["images"] for v in labels.values()),
+        "short_side_median": statistics.median(short_sides),
+        "modes": dict(sum((Counter(v["modes"]) for v in labels.values()), Counter())),
         "unreadable": unreadable, "skipped": skipped,
         "duplicates": [group for group in by_sha.values() if len(group) > 1],
         "near_duplicates": near_duplicates(hashes, {f for g in by_sha.values() for f in g[1:]}),
@@ -119,12 +125,11 @@ def near_duplicates(hashes: list[tuple[str, str, np.ndarray]], exact: set[str]) 
 
 def summary(r: dict) -> str:
     """The report in one line (``udiff train`` prints it before training)."""
-    sides = [v["short_side_median"] for v in r["labels"].values() if v["images"]]
-    modes = sorted({m for v in r["labels"].values() for m in v["modes"]})
+    modes = sorted(r["modes"])
     across = sum(p["across_labels"] for p in r["near_duplicates"])
     copies = sum(len(g) - 1 for g in r["duplicates"])
     return (f"data: {len(r['labels'])} labels, {r['images']:,} images (median short side "
-            f"{statistics.median(sides):g} px, {'/'.join(modes)}); {len(r['unreadable'])} "
+            f"{r['short_side_median']:g} px, {'/'.join(modes)}); {len(r['unreadable'])} "
             f"unreadable, {copies} exact duplicate(s), {len(r['near_duplicates'])} near-duplicate "
             f"pair(s) ({across} across labels), {len(r['cropped'])} image(s) lose over "
             f"{CROP_CUT:.0%} to center-cropping, {len(r['few_images'])} label(s) under "

@@ -66,6 +66,9 @@ KL_PRESETS = {
     # kl_weight 1e-4 keeps the latent space smooth enough for a small denoiser to land in it.
     "tiny": {"block_out_channels": [16, 32], "norm_num_groups": 8, "kl_weight": 1e-4},
     "small": {"block_out_channels": [64, 128], "layers_per_block": 2, "norm_num_groups": 32},
+    # tiny with one more downsampling (4x, 8x): 8x8 latents at 32 and 64 px (`udiff train`'s plan)
+    "tiny4": {"block_out_channels": [16, 32, 32], "norm_num_groups": 8, "kl_weight": 1e-4},
+    "tiny8": {"block_out_channels": [16, 32, 32, 32], "norm_num_groups": 8, "kl_weight": 1e-4},
     # Stable Diffusion's VAE layout (8x downsampling, 4 latent channels).
     "sd": {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
            "norm_num_groups": 32},

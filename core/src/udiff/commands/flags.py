@@ -141,7 +141,7 @@ def overrides(args: argparse.Namespace, flags: tuple[Flag, ...]) -> dict[str, An
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    if "name" in out.get("denoiser", {}):
+    if "name" in out.get("denoiser", {}) and getattr(args, "config", None):
         # Another backbone: its own preset (or none), not the file's.
         out["denoiser"].setdefault("preset", None)
     if "scheduler" in out:

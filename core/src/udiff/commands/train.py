@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest complete checkpoint")
+    p.add_argument("--no-estimate", action="store_true", help="skip the timed probe that "
+                   "estimates the run's wall time before training")
     p.add_argument("--num-processes", type=int, metavar="N",
                    help="data-parallel training in N processes: starts `accelerate launch "
                    "--multi_gpu --num_processes N -m udiff train ...` (CPU: gloo, GPU: NCCL)")
@@ -40,10 +42,34 @@ def resolve_config(args, which: tuple[flags.Flag, ...], defaults: dict | None = 
     return resolve(args.config, o, defaults)
 
 
-def main(args) -> int:
-    from ..training import Trainer, train
+def planned(args):
+    """The run config, with defaults chosen from a folder's data where the user gave none
+    (:mod:`udiff.training.planning`); -> (config, the data's report, the plan's rows)."""
+    from ..config import merge, read_file
+    from ..data_report import scan
+    from ..training import planning
+    from ..training.setup import say, training_on_cpu
 
     cfg = resolve_config(args, flags.TRAIN_FLAGS)
+    if cfg.data.source == "digits" or cfg.distill:
+        return cfg, None, None
+    report = scan(cfg.data.source, f"--data {cfg.data.source}")
+    say(report["summary"])
+    given = merge(read_file(args.config) if args.config else {},
+                  flags.overrides(args, flags.TRAIN_FLAGS))
+    device = "cpu" if training_on_cpu(cfg.training) else "cuda"
+    defaults, rows = planning.choose(report, given, device)
+    cfg = resolve_config(args, flags.TRAIN_FLAGS, defaults)
+    say(f"plan for {cfg.data.source} (chosen from the data where you gave no value):")
+    for line in planning.table(rows):
+        say(line)
+    return cfg, report, rows
+
+
+def main(args) -> int:
+    from ..training import Trainer
+
+    cfg, report, rows = planned(args)
     if args.resume and args.overwrite:
         raise UdiffError("--resume continues what --out holds; --overwrite would replace it: "
                          "choose one")
@@ -56,7 +82,8 @@ def main(args) -> int:
         if cfg.training.fsdp and training_on_cpu(cfg.training):
             raise fsdp_refusal("on CPU", args.num_processes)
         return launch(args.argv, args.num_processes, cfg.training.mixed_precision)
-    out = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume)
+    out = Trainer(cfg, args.out, args.overwrite, resume=args.resume, report=report,
+                  estimate=not args.no_estimate, choices=rows).run()
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch: the main process says it
         print(f"trained run written to {out}")
     return 0

@@ -14,7 +14,7 @@ import torch
 from .. import data as datasets
 from ..config import TrainConfig
 from ..context import Context
-from ..data_report import FEW_IMAGES
+from ..data_report import FEW_IMAGES, scan
 from ..errors import UdiffError
 from ..plugins.assembly import Part, assemble, scheduler_choice
 from ..run.directory import component_of, load_component
@@ -41,22 +41,28 @@ class Plan:
     given_autoencoder: tuple | None = None
     source: Any = None  # stage 2's latents: sources.DataLatents or sources.TeacherPairs
     splits: datasets.Splits | None = None  # who trains on which image (validation's held-out)
+    report: dict | None = None  # a folder's `udiff data` report
 
 
-def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes: int = 1) -> Plan:
+def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes: int = 1,
+          report: dict | None = None) -> Plan:
+    """``report``: ``udiff data``'s scan of a folder source, if the caller made it already."""
     parts = {role: Part.of(role, getattr(cfg, role))
              for role in ("autoencoder", "denoiser", "conditioner")}
     scheduler = Part.of("scheduler", scheduler_choice(cfg))
     require_attention(cfg.training.attention)
     require_tracker(cfg.training.log_with)
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
+    if cfg.data.source != "digits" and report is None:  # udiff data's checks, in one line
+        report = scan(cfg.data.source, f"--data {cfg.data.source}")
+        say(report["summary"])
     check_batches(cfg.training, processes)
     check_validation(cfg.training, processes)
     warn_few_images(data)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
     plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler,
-                splits=held_out(cfg, data))
+                splits=held_out(cfg, data), report=report)
     read_pretrained(cfg, plan)
     probe(cfg, plan)
     if out.exists() and not out.is_dir():

@@ -28,6 +28,7 @@ from ..version import __version__
 from ..weights import lora, sharding
 from . import preflight, stages
 from .checkpoint_policy import CheckpointPolicy
+from .estimate import estimate
 from .preflight import Plan
 from .services import Services
 from .setup import make_accelerator, say
@@ -36,17 +37,29 @@ from .validation import Validation
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, overwrite: bool = False,
-                 progress: bool = True, resume: bool = False) -> None:
+                 progress: bool = True, resume: bool = False, estimate: bool = False,
+                 report: dict | None = None, choices: list | None = None) -> None:
+        """``estimate``: time a probe of the run's steps first and say how long it will take;
+        ``report``: the data's scan, if made; ``choices``: the plan's rows (run.json keeps
+        both)."""
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.overwrite, self.resume = overwrite, resume
+        self.estimate, self.report, self.choices = estimate, report, choices
+        self.estimated: dict | None = None
 
     def check(self, processes: int = 1) -> Plan:
         """Everything the run can be refused for, before anything is written."""
-        return preflight.check(self.cfg, self.out, self.overwrite, self.resume, processes)
+        return preflight.check(self.cfg, self.out, self.overwrite, self.resume, processes,
+                               self.report)
 
     def run(self) -> Path:
         plan = self.check()
         accelerator = make_accelerator(self.cfg, self.out)
+        if self.estimate and accelerator.num_processes == 1 and not self.resume:
+            self.estimated = estimate(self.cfg, plan, accelerator.device)
+            parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.estimated["parts"].items())
+            say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine ({parts}; "
+                "from a timed probe of the run's steps)")
         run = Services(self.cfg, self.out, accelerator, CheckpointPolicy(
             self.cfg, self.out, accelerator, self.resume, self.overwrite), self.progress)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -143,10 +156,24 @@ class Trainer:
             "holdout": {"images": 0 if plan.splits.held is None else len(plan.splits.held),
                         "fraction": self.cfg.training.holdout},
             "early_stop": results["early_stop"],
+            "plan": self.plan_record(results["wall_seconds"]),
             "processes": run.accelerator.num_processes,
             "distributed_type": run.accelerator.distributed_type.value,
         })
         training_curves(out / LOG, out / CURVES)
+
+    def plan_record(self, wall: float) -> dict | None:
+        """What the plan chose and estimated, against the time the run took."""
+        if self.estimated is None and not self.choices:
+            return None
+        record = {"choices": [{"field": f, "value": v, "reason": why}
+                              for f, v, why in self.choices or []], "estimate": self.estimated}
+        if self.estimated:
+            error = wall / self.estimated["seconds"] - 1
+            record |= {"actual_seconds": round(wall, 1), "estimate_error": round(error, 3)}
+            say(f"took {wall / 60:.1f} min; estimated {self.estimated['seconds'] / 60:.1f} min "
+                f"({error:+.0%})")
+        return record
 
     @staticmethod
     def reuse_label_table(init: dict | None, conditioner: nn.Module) -> None:
