@@ -4,7 +4,7 @@ an otherwise idle machine (timings are figures too). Each step writes a dated fo
 figure against them.
 
     python benchmarks/readme_results.py --out benchmarks/results --work /tmp/udiff-results \\
-        [--only demo,distill,memorization,lora-serving,presets,startup,conformance]
+        [--only demo,distill,memorization,lora-serving,presets,startup,conformance,your-data]
 
 ``demo`` must run before ``distill`` and ``lora-serving`` (they start from the demo runs).
 The guidance sweep and ``udiff bench perf --quick`` keep their own commands (README)."""
@@ -166,9 +166,29 @@ def conformance(out: Path, work: Path) -> None:
         json.dumps({"held_out_loss": rows, "bound": 0.5}, indent=2) + "\n")
 
 
+def your_data(out: Path, work: Path) -> None:
+    """Issue 29's targets on the font set (20 fonts x 120 glyphs, 32 px): ``udiff train --data
+    fonts --out R`` with no other flag, scored by ``udiff eval``; then the same with
+    ``--early-stop`` on a longer run."""
+    from udiff.fontset import render
+
+    fonts = work / "fonts"
+    shutil.rmtree(fonts, ignore_errors=True)
+    render(fonts, size=32, labels=20, per_label=120)
+    dest = folder(out, "your-data")
+    udiff("data", fonts, "--out", dest / "data")
+    for name, extra in (("default", ()), ("early-stop", ("--max-steps", "6000", "--early-stop",
+                                                        "3", "--validate-every", "400"))):
+        run = work / f"fonts-{name}"
+        udiff("train", "--data", fonts, "--out", run, "--overwrite", *extra)
+        udiff("eval", run, "--out", dest / name / "metrics.json")
+        for f in ("run.json", "log.jsonl", "training.png", "config.toml"):
+            shutil.copy(run / f, dest / name / f)
+
+
 STEPS = {"demo": demo, "distill": distill, "memorization": memorization,
          "lora-serving": lora_serving, "presets": presets, "startup": startup,
-         "conformance": conformance}
+         "conformance": conformance, "your-data": your_data}
 
 
 def main() -> None:

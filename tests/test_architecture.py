@@ -16,7 +16,8 @@ ROOT = Path(udiff.__file__).parent
 # Lowest first; a module may import its own layer and those below (docs/architecture.md).
 LAYERS = [
     ("base", ["udiff.errors", "udiff.version", "udiff.hookspecs", "udiff.context", "udiff.config",
-              "udiff.data", "udiff.images", "udiff.scheduler_base", "udiff.machine"]),
+              "udiff.data", "udiff.data_report", "udiff.fontset", "udiff.images",
+              "udiff.scheduler_base", "udiff.machine"]),
     ("plugins", ["udiff.plugins", "udiff.builtins", "udiff.weights.pretrained"]),
     ("weights", ["udiff.weights"]),
     ("run", ["udiff.run"]),

@@ -12,7 +12,8 @@ import torch
 from ..evaluation.reference import ReferenceClassifier
 from ..plugins.assembly import assemble
 from ..sampling.spec import run_spec
-from .objective import AutoencoderObjective, Denoising, objective_loss
+from .objective import AutoencoderObjective, Denoising
+from .step import DenoiserTraining
 from .validation import LOSS_DRAWS
 
 WARMUP, TIMED = 2, 4
@@ -43,13 +44,14 @@ def adamw_step(module: torch.nn.Module, loss_fn):
     return step
 
 
-def estimate(cfg, plan, device: torch.device) -> dict:
+def estimate(cfg, plan, accelerator) -> dict:
     """-> {"seconds": total, "parts": {what: seconds}, "per_step": {stage: seconds}}."""
     with torch.random.fork_rng(devices=[]):
-        return _estimate(cfg, plan, device)
+        return _estimate(cfg, plan, accelerator)
 
 
-def _estimate(cfg, plan, device) -> dict:
+def _estimate(cfg, plan, accelerator) -> dict:
+    device = accelerator.device
     t, ctx = cfg.training, plan.context
     c, s = ctx.image_channels, ctx.image_size
     parts, per_step = {}, {}
@@ -68,15 +70,17 @@ def _estimate(cfg, plan, device) -> dict:
         parts["latents"] = seconds_per_call(lambda: autoencoder.encode(batch), 1, 2) * -(-cached // 256)
     stack = assemble(ctx, plan.denoiser.build, plan.conditioner.build, plan.scheduler.build,
                      autoencoder=autoencoder)
-    model = Denoising(stack.denoiser, stack.conditioner).to(device).train()
+    # the trainer's own step (AdamW, clipping, EMA, accelerate), on a micro-batch of its size
+    training = DenoiserTraining(accelerator, stack.denoiser.to(device), stack.conditioner.to(device),
+                                stack.scheduler, t)
     lc, ls = stack.context.latent_channels, stack.context.latent_size
-    x0 = torch.randn(t.batch_size, lc, ls, ls, device=device)
-    y = torch.randint(0, ctx.num_labels, (t.batch_size,), device=device)
-    with torch.autocast(device.type, enabled=t.mixed_precision != "no",
-                        dtype=torch.bfloat16 if t.mixed_precision == "bf16" else torch.float16):
-        per_step["denoiser"] = seconds_per_call(adamw_step(model, lambda: objective_loss(
-            model, stack.scheduler, x0, y)))
+    micro = max(1, t.batch_size // t.gradient_accumulation_steps)
+    x0 = torch.randn(micro, lc, ls, ls, device=device)
+    y = torch.randint(0, ctx.num_labels, (micro,), device=device)
+    per_step["denoiser"] = seconds_per_call(lambda: training.step(x0, y)) * \
+        t.gradient_accumulation_steps
     parts["stage 2"] = per_step["denoiser"] * t.max_steps
+    model = Denoising(stack.denoiser, stack.conditioner)
     if t.validate_every:
         parts["validation"] = validation_seconds(cfg, plan, model, stack, device)
     return {"seconds": round(sum(parts.values()), 1),

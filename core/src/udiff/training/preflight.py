@@ -25,7 +25,6 @@ from .setup import check_batches, require_attention, require_tracker, say
 from .sources import choose
 
 
-
 @dataclass
 class Plan:
     """What the checks resolved, for the run to use as is."""

@@ -56,7 +56,7 @@ class Trainer:
         plan = self.check()
         accelerator = make_accelerator(self.cfg, self.out)
         if self.estimate and accelerator.num_processes == 1 and not self.resume:
-            self.estimated = estimate(self.cfg, plan, accelerator.device)
+            self.estimated = estimate(self.cfg, plan, accelerator)
             parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.estimated["parts"].items())
             say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine ({parts}; "
                 "from a timed probe of the run's steps)")
