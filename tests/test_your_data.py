@@ -125,7 +125,8 @@ def test_udiff_train_prints_the_plan_and_records_the_estimate(cli, tmp_path):
     est = plan["estimate"]
     assert est["seconds"] > 0 and set(est["parts"]) >= {"stage 1", "stage 2", "validation"}
     assert plan["actual_seconds"] > 0
-    assert plan["estimate_error"] == pytest.approx(plan["actual_seconds"] / est["seconds"] - 1, abs=0.01)
+    # both rounded to 0.1 s: a second-long run may differ by a few percent
+    assert plan["estimate_error"] == pytest.approx(plan["actual_seconds"] / est["seconds"] - 1, abs=0.1)
 
 
 def image_hashes(images: torch.Tensor) -> set[str]:
@@ -220,6 +221,7 @@ def test_the_saved_denoiser_is_the_best_validated_state(cli, tmp_path):
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     fids = {r["step"]: r["fid"] for r in rows if r["stage"] == "validation"}
     best_step = min(fids, key=fids.get)
+    assert best_step < 20  # lr 0.02 overshoots late: the best is not the last state
     assert result["early_stop"]["best_step"] == best_step and not result["early_stop"]["stopped_early"]
     assert result["early_stop"]["best_value"] == pytest.approx(fids[best_step])
     best = safetensors.torch.load_file(str(run / "best.safetensors"))

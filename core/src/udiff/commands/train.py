@@ -48,22 +48,17 @@ def planned(args):
     from ..config import merge, read_file
     from ..data_report import scan
     from ..training import planning
-    from ..training.setup import say, training_on_cpu
+    from ..training.setup import training_on_cpu
 
     cfg = resolve_config(args, flags.TRAIN_FLAGS)
     if cfg.data.source == "digits" or cfg.distill:
         return cfg, None, None
     report = scan(cfg.data.source, f"--data {cfg.data.source}")
-    say(report["summary"])
     given = merge(read_file(args.config) if args.config else {},
                   flags.overrides(args, flags.TRAIN_FLAGS))
     device = "cpu" if training_on_cpu(cfg.training) else "cuda"
     defaults, rows = planning.choose(report, given, device)
-    cfg = resolve_config(args, flags.TRAIN_FLAGS, defaults)
-    say(f"plan for {cfg.data.source} (chosen from the data where you gave no value):")
-    for line in planning.table(rows):
-        say(line)
-    return cfg, report, rows
+    return resolve_config(args, flags.TRAIN_FLAGS, defaults), report, rows
 
 
 def main(args) -> int:

@@ -43,6 +43,21 @@ def alive(pid: int) -> bool:
         return True
 
 
+def refuse_stopped(out: Path) -> None:
+    """--resume of a run early stopping ended is refused: the run is complete and its saved
+    weights are the best validated ones, not the last step's, so there is nothing to train on
+    from."""
+    if not (out / RUN_FILE).exists():
+        return
+    stopped = read_json(out / RUN_FILE, f"run {out}").get("early_stop") or {}
+    if stopped.get("stopped_early"):
+        raise UdiffError(f"--resume: the run in {out} stopped early at step "
+                         f"{stopped['stopped_at']} ({stopped['metric']} did not improve for "
+                         f"{stopped['patience']} validations; it keeps step "
+                         f"{stopped['best_step']}): it is complete. Train a new run, or "
+                         "--overwrite it")
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped by a signal; the CLI exits with ``128 + signal`` (130, 143)."""
 
@@ -110,7 +125,6 @@ class CheckpointPolicy:
             say(f"--resume: nothing to resume in {self.out}; starting the run from the beginning")
             return None
         differs = config_difference(self.cfg, saved)
-        self.refuse_stopped()
         saved_steps = tomllib.loads(saved.read_text()).get("training", {}).get("max_steps")
         if (self.out / RUN_FILE).exists() and self.finished_steps() >= (saved_steps or 0):
             return self.extend(saved, differs)  # complete (else: a longer run, interrupted)
@@ -124,19 +138,6 @@ class CheckpointPolicy:
         else:
             say(f"--resume: continuing from {latest.name}")
         return latest
-
-    def refuse_stopped(self) -> None:
-        """A run early stopping ended is complete: its saved weights are the best validated
-        ones, not the last step's, so there is no state to train on from (refused)."""
-        if not (self.out / RUN_FILE).exists():
-            return
-        stopped = read_json(self.out / RUN_FILE, f"run {self.out}").get("early_stop") or {}
-        if stopped.get("stopped_early"):
-            raise UdiffError(f"--resume: the run in {self.out} stopped early at step "
-                             f"{stopped['stopped_at']} ({stopped['metric']} did not improve for "
-                             f"{stopped['patience']} validations; it keeps step "
-                             f"{stopped['best_step']}): it is complete. Train a new run, or "
-                             "--overwrite it")
 
     def finished_steps(self) -> int:
         """The denoiser steps the run's run.json says it finished (older runs: its config's)."""

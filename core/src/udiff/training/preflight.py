@@ -20,6 +20,7 @@ from ..plugins.assembly import Part, assemble, scheduler_choice
 from ..run.directory import component_of, load_component
 from ..run.files import prepare_out
 from ..weights import lora, pretrained
+from .checkpoint_policy import refuse_stopped
 from .objective import check_prediction
 from .setup import check_batches, require_attention, require_tracker, say
 from .sources import choose
@@ -57,7 +58,6 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
         say(report["summary"])
     check_batches(cfg.training, processes)
     check_validation(cfg.training, processes)
-    warn_few_images(data)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
     plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler,
@@ -66,8 +66,11 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     probe(cfg, plan)
     if out.exists() and not out.is_dir():
         raise UdiffError(f"--out {out} exists and is not a directory")
-    if not resume:
+    if resume:
+        refuse_stopped(out)
+    else:
         prepare_out(out, overwrite, clear=False)
+    warn_few_images(data)  # once nothing refused the run
     return plan
 
 

@@ -26,7 +26,7 @@ from ..sampling import Pipeline
 from ..sampling.spec import run_spec
 from ..version import __version__
 from ..weights import lora, sharding
-from . import preflight, stages
+from . import planning, preflight, stages
 from .checkpoint_policy import CheckpointPolicy
 from .estimate import estimate
 from .preflight import Plan
@@ -53,7 +53,13 @@ class Trainer:
                                self.report)
 
     def run(self) -> Path:
-        plan = self.check()
+        plan = self.check()  # every refusal is one line, before the plan is shown
+        if self.report:
+            say(self.report["summary"])
+        if self.choices:
+            say(f"plan for {self.cfg.data.source} (chosen from the data where you gave no value):")
+            for line in planning.table(self.choices):
+                say(line)
         accelerator = make_accelerator(self.cfg, self.out)
         if self.estimate and accelerator.num_processes == 1 and not self.resume:
             self.estimated = estimate(self.cfg, plan, accelerator)
