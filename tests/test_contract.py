@@ -155,7 +155,8 @@ FLAGS = {
     "demo": "--backbone --preset --seed --out --overwrite",
 }
 # Flags added since, each by an issue that asked for it (17: serve, bench serve).
-ADDED = {"train": "--grace-seconds",
+ADDED = {"train": "--grace-seconds --validate-per-label --holdout --early-stop "
+                  "--early-stop-metric --no-estimate",  # 29: validation, early stop, the probe
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale"}
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
@@ -163,7 +164,8 @@ NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-qu
        "distill": "run_dir --steps --guidance --pairs --lora-rank --lora-targets --max-steps "
                   "--batch-size --lr --mixed-precision --compile --attention --device --seed "
                   "--checkpoint-every --keep-checkpoints --grace-seconds --max-nonfinite "
-                  "--log-with --out --overwrite --resume"}  # 20
+                  "--log-with --out --overwrite --resume",  # 20
+       "data": "dir --out --json"}  # 29
 # `udiff bench`'s sub-commands (issue 28), each with the flags it had as a target (17, 19, 20).
 BENCH = {"perf": "--backbones --preset --batches --quick --device --strict --out --overwrite",
          "serve": "run_dir --concurrency --seconds --quick --strict --out --overwrite",

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import udiff
 from udiff import Context, plugins
 
-RUN = ["train", "--data", "digits", "--batch-size", "16"]
+RUN = ["train", "--data", "digits", "--batch-size", "16", "--scheduler", "ddpm"]  # as DiT's
 LATENT = Context(image_channels=1, image_size=16, num_labels=10, latent_channels=4, latent_size=8)
 
 

@@ -21,7 +21,9 @@ from udiff.run.layout import MARKER
 from udiff.run.lock import RunLock
 
 # Long enough that kills land in both stages and in checkpoint writes (a checkpoint every 3 steps).
-BASE = ["--data", "digits", "--backbone", "dit", "--preset", "tiny", "--batch-size", "16"]
+# --no-estimate: these tests count the trainer's steps (the probe would run a few first)
+BASE = ["--data", "digits", "--backbone", "dit", "--preset", "tiny", "--batch-size", "16",
+        "--no-estimate"]
 ARGS = [*BASE, "--autoencoder-steps", "30", "--max-steps", "60", "--checkpoint-every", "3",
         "--keep-checkpoints", "2"]
 

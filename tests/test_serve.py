@@ -304,6 +304,7 @@ def lora_runs(tiny_run, tmp_path_factory):
         assert main(["train", "--data", "digits", "--batch-size", "16", "--backbone", "unet",
                      "--autoencoder", str(tiny_run), "--init-from", str(root / "base" / "unet"),
                      "--lora-rank", "4", "--max-steps", "8", "--lr", "5e-3", "--seed", str(k),
+                     "--scheduler", "ddpm",  # the base's objective
                      "--out", str(out)]) == 0
         runs.append(out)
     return runs

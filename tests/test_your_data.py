@@ -86,7 +86,7 @@ def test_udiff_data_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     cli.fails("data", tmp_path / "a_file", "--out", out, match="not a folder")
     (tmp_path / "junk" / "user").mkdir(parents=True)
     (tmp_path / "junk" / "user" / "x.png").write_bytes(b"no image")
-    cli.fails("data", tmp_path / "junk", "--out", out, match="no readable images")
+    cli.fails("data", tmp_path / "junk", "--out", out, match="no images in any label folder")
     root = write_folder(tmp_path / "ok", labels=2, per_label=2)
     cli.fails("data", root, "--out", root / "report", match="inside")
     assert not out.exists() and not (root / "report").exists()
@@ -259,3 +259,20 @@ def test_the_font_set_is_rendered_here_the_same_every_time(tmp_path):
     a, b = listing(tmp_path / "a"), listing(tmp_path / "b")
     assert list(a.values()) == list(b.values()) and len(a) == 60
     assert Image.open(next((tmp_path / "a").rglob("*.png"))).size == (32, 32)
+
+
+def test_the_time_probe_changes_nothing_the_run_trains(cli, tmp_path):
+    """The probe runs real optimizer steps before training: under a forked RNG, on its own
+    modules, and ending on an accumulation boundary, so the run's weights are bitwise the same
+    as without it (3 micro-batches per step here)."""
+    config = tmp_path / "acc.toml"
+    config.write_text("[training]\ngradient_accumulation_steps = 3\n")
+    common = ["train", "--config", config, "--data", "digits", "--backbone", "dit", "--preset",
+              "tiny", "--autoencoder-steps", "4", "--max-steps", "4", "--batch-size", "12"]
+    weights = {}
+    for name, extra in (("probed", []), ("plain", ["--no-estimate"])):
+        code, _, err = cli(*common, *extra, "--out", tmp_path / name)
+        assert code == 0, err
+        assert ("estimate:" in err) == (name == "probed")
+        weights[name] = safetensors.torch.load_file(tmp_path / name / "denoiser" / "model.safetensors")
+    assert all(torch.equal(weights["probed"][k], weights["plain"][k]) for k in weights["plain"])

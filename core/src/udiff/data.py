@@ -108,6 +108,16 @@ def label_folders(root: Path, what: str) -> list[Path]:
     return folders
 
 
+def no_images(what: str) -> UdiffError:
+    return UdiffError(f"{what}: no images in any label folder (any format Pillow reads: .png, "
+                      ".jpg, .webp, .bmp, .pgm, .ppm, .tif, .gif, ...)")
+
+
+def empty_label(folder: Path) -> None:
+    # Refusing would make one stray folder block a run; skip it, loudly.
+    warnings.warn(f"label folder {folder} holds no images; skipped", stacklevel=3)
+
+
 def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
     folders = label_folders(root, f"--data {root}")
     images, labels, names = [], [], []
@@ -115,16 +125,14 @@ def load_folder(root: Path, image_size: int, channels: int) -> LabelledImages:
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in known)
         if not files:
-            # Refusing would make one stray folder block a run; skip it, loudly.
-            warnings.warn(f"label folder {folder} holds no images; skipped", stacklevel=2)
+            empty_label(folder)
             continue
         for f in files:
             images.append(read_image(f, image_size, channels))
             labels.append(len(names))
         names.append(folder.name)
     if not names:
-        raise UdiffError(f"--data {root}: no images in any label folder (any format Pillow "
-                         "reads: .png, .jpg, .webp, .bmp, .pgm, .ppm, .tif, .gif, ...)")
+        raise no_images(f"--data {root}")
     return LabelledImages(torch.stack(images), torch.tensor(labels), names)
 
 

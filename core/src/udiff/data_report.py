@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .data import MAX_PIXELS, extensions, label_folders
+from .data import MAX_PIXELS, empty_label, extensions, label_folders, no_images
+from .errors import UdiffError
 
 # Below this many images a label's samples risk being near-copies of its training images: 5 per
 # label trained long gives mostly copies, the digits (~180 per label) none (README: Memorisation).
@@ -27,9 +28,10 @@ HASH_SIZE, NEAR = 16, 12
 SHOWN = 8  # thumbnails per label in data.png
 
 
-def scan(root: str | Path, what: str | None = None) -> dict:
+def scan(root: str | Path, what: str | None = None, strict: bool = False) -> dict:
     """The report as JSON-ready values; a missing, empty or unreadable folder is a UdiffError
-    (``what`` names the argument in it)."""
+    (``what`` names the argument in it). ``strict`` (training): an image that cannot be read
+    is refused, as training would refuse it, instead of reported."""
     import imagehash
 
     root = Path(root)
@@ -58,7 +60,10 @@ def scan(root: str | Path, what: str | None = None) -> dict:
                     w, h, mode = im.width, im.height, im.mode
                     hashes.append((str(f), folder.name, imagehash.phash(im, HASH_SIZE).hash.ravel()))
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-                unreadable.append({"file": str(f), "error": str(e).splitlines()[0] or type(e).__name__})
+                error = str(e).splitlines()[0] or type(e).__name__
+                if strict:
+                    raise UdiffError(f"cannot read image {f}: {error}") from None
+                unreadable.append({"file": str(f), "error": error})
                 continue
             by_sha[hashlib.sha256(raw).hexdigest()].append(str(f))
             sizes.append((w, h))
@@ -67,11 +72,11 @@ def scan(root: str | Path, what: str | None = None) -> dict:
             cut = 1 - min(w, h) / max(w, h)
             if cut > CROP_CUT:
                 cropped.append({"file": str(f), "size": [w, h], "cut": round(cut, 3)})
+        if not sizes and not any(u["file"].startswith(f"{folder}/") for u in unreadable):
+            empty_label(folder)
         labels[folder.name] = describe(sizes, modes, cropped)
     if not any(v["images"] for v in labels.values()):
-        from .errors import UdiffError
-
-        raise UdiffError(f"{what}: no readable images in any label folder")
+        raise no_images(what)
     report = {
         "root": str(root), "labels": labels,
         "images": sum(v["images"] for v in labels.values()),

@@ -18,7 +18,9 @@ TINY = ["--preset", "tiny", "--autoencoder-steps", "20", "--max-steps", "30", "-
 @pytest.fixture(scope="module")
 def dit_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("dit") / "run"
-    assert main(["train", "--data", "digits", "--backbone", "dit", *TINY, "--out", str(run)]) == 0
+    # noise prediction: what diffusers' DiTPipeline samples
+    assert main(["train", "--data", "digits", "--backbone", "dit", *TINY, "--scheduler", "ddpm",
+                 "--out", str(run)]) == 0
     return run
 
 
@@ -59,7 +61,7 @@ def test_exported_config_maps_null_label(dit_run, tmp_path):
 
 def test_unet_and_dit_runs_share_the_config_but_the_backbone(dit_run, tmp_path):
     unet_run = tmp_path / "unet"
-    assert main(["train", "--data", "digits", "--backbone", "unet", *TINY,
+    assert main(["train", "--data", "digits", "--backbone", "unet", *TINY, "--scheduler", "ddpm",
                  "--out", str(unet_run)]) == 0
 
     def lines(run):  # config.toml without its [denoiser] table

@@ -41,7 +41,7 @@ def test_export_loads_with_from_pretrained(tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "export"
     assert main(["train", "--data", "digits", "--backbone", "unet", "--preset", "tiny",
                  "--autoencoder-steps", "5", "--max-steps", "3", "--batch-size", "8",
-                 "--out", str(run)]) == 0
+                 "--scheduler", "ddpm", "--out", str(run)]) == 0
     assert main(["export", str(run), "--format", "diffusers", "--scheduler", "ddim",
                  "--out", str(out)]) == 0
     pipe = udiff.load(run)

@@ -53,7 +53,7 @@ def planned(args):
     cfg = resolve_config(args, flags.TRAIN_FLAGS)
     if cfg.data.source == "digits" or cfg.distill:
         return cfg, None, None
-    report = scan(cfg.data.source, f"--data {cfg.data.source}")
+    report = scan(cfg.data.source, f"--data {cfg.data.source}", strict=True)
     given = merge(read_file(args.config) if args.config else {},
                   flags.overrides(args, flags.TRAIN_FLAGS))
     device = "cpu" if training_on_cpu(cfg.training) else "cuda"

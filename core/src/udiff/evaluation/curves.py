@@ -1,4 +1,5 @@
-"""``training.png``: the run's loss curves and validation label accuracy, read from ``log.jsonl``."""
+"""``training.png``: the run's loss curves (the held-out loss too) and validation label accuracy
+and FID, read from ``log.jsonl``."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ def training_curves(log: Path, png: Path) -> None:
     series = lambda stage, key: [(r["step"], r[key]) for r in rows  # noqa: E731
                                  if r.get("stage") == stage and key in r]
     accuracy = series("validation", "label_accuracy")
-    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(10 if accuracy else 5.5, 3.6),
-                             squeeze=False)
+    fid = series("validation", "fid")
+    panels = 1 + bool(accuracy) + bool(fid)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 + 4.5 * (panels - 1), 3.6), squeeze=False)
     ax = axes[0][0]
-    for stage, label in (("autoencoder", "stage 1: autoencoder"), ("denoiser", "stage 2: denoiser")):
-        points = series(stage, "loss")
+    for stage, key, label in (("autoencoder", "loss", "stage 1: autoencoder"),
+                              ("denoiser", "loss", "stage 2: denoiser"),
+                              ("validation", "loss", "stage 2: held-out (fixed noise)")):
+        points = series(stage, key)
         if points:
-            ax.plot(*zip(*points, strict=True), label=label)
+            ax.plot(*zip(*points, strict=True), label=label, marker="o" if stage == "validation" else None)
     ax.set(xlabel="optimizer step (per stage)", ylabel="loss", yscale="log", title="training loss")
     if ax.lines:
         ax.legend()
@@ -31,6 +35,11 @@ def training_curves(log: Path, png: Path) -> None:
         ax.plot(*zip(*accuracy, strict=True), marker="o")
         ax.set(xlabel="denoiser step", ylabel="label accuracy", ylim=(0, 1.02),
                title="validation (EMA weights)")
+    if fid:
+        ax = axes[0][panels - 1]
+        ax.plot(*zip(*fid, strict=True), marker="o")
+        ax.set(xlabel="denoiser step", ylabel="FID vs held-out images", yscale="log",
+               title="validation FID (reference features)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -78,9 +78,10 @@ def run_spec(cfg: TrainConfig) -> SamplingSpec:
     default. An interval of [0, 1] guides every step."""
     own = cfg.sampling
     d = family_default(assembly.scheduler_choice(cfg).name)
-    return SamplingSpec(own.scheduler or d.sampler, own.steps or d.steps,
-                        d.guidance if own.guidance is None else own.guidance,
-                        tuple(own.guidance_interval) if own.guidance_interval else d.interval,
+    guidance = d.guidance if own.guidance is None else own.guidance
+    interval = tuple(own.guidance_interval) if own.guidance_interval else (
+        d.interval if guidance != 1 else None)  # unguided (a student): no interval to keep
+    return SamplingSpec(own.scheduler or d.sampler, own.steps or d.steps, guidance, interval,
                         own.guidance_rescale)
 
 

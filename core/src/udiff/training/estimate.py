@@ -16,7 +16,7 @@ from .objective import AutoencoderObjective, Denoising
 from .step import DenoiserTraining
 from .validation import LOSS_DRAWS
 
-WARMUP, TIMED = 2, 4
+WARMUP, TIMED = 1, 3
 
 
 def seconds_per_call(fn, warmup: int = WARMUP, timed: int = TIMED) -> float:
@@ -71,14 +71,16 @@ def _estimate(cfg, plan, accelerator) -> dict:
     stack = assemble(ctx, plan.denoiser.build, plan.conditioner.build, plan.scheduler.build,
                      autoencoder=autoencoder)
     # the trainer's own step (AdamW, clipping, EMA, accelerate), on a micro-batch of its size
+    # eager even for --compile: compiling the probe would cost the run's compile twice
     training = DenoiserTraining(accelerator, stack.denoiser.to(device), stack.conditioner.to(device),
-                                stack.scheduler, t)
+                                stack.scheduler, t.model_copy(update={"compile": False}))
     lc, ls = stack.context.latent_channels, stack.context.latent_size
     micro = max(1, t.batch_size // t.gradient_accumulation_steps)
     x0 = torch.randn(micro, lc, ls, ls, device=device)
     y = torch.randint(0, ctx.num_labels, (micro,), device=device)
-    per_step["denoiser"] = seconds_per_call(lambda: training.step(x0, y)) * \
-        t.gradient_accumulation_steps
+    # whole optimizer steps: accelerate's micro-batch counter ends on a boundary, as it began
+    per_step["denoiser"] = seconds_per_call(
+        lambda: [training.step(x0, y) for _ in range(t.gradient_accumulation_steps)])
     parts["stage 2"] = per_step["denoiser"] * t.max_steps
     model = Denoising(stack.denoiser, stack.conditioner)
     if t.validate_every:

@@ -54,7 +54,7 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     require_tracker(cfg.training.log_with)
     data = datasets.load(cfg.data.source, cfg.data.image_size, cfg.data.channels)
     if cfg.data.source != "digits" and report is None:  # udiff data's checks, in one line
-        report = scan(cfg.data.source, f"--data {cfg.data.source}")
+        report = scan(cfg.data.source, f"--data {cfg.data.source}", strict=True)
         say(report["summary"])
     check_batches(cfg.training, processes)
     check_validation(cfg.training, processes)

@@ -54,27 +54,31 @@ class Trainer:
 
     def run(self) -> Path:
         plan = self.check()  # every refusal is one line, before the plan is shown
-        if self.report:
-            say(self.report["summary"])
-        if self.choices:
-            say(f"plan for {self.cfg.data.source} (chosen from the data where you gave no value):")
-            for line in planning.table(self.choices):
-                say(line)
         accelerator = make_accelerator(self.cfg, self.out)
-        if self.estimate and accelerator.num_processes == 1 and not self.resume:
-            self.estimated = estimate(self.cfg, plan, accelerator)
-            parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.estimated["parts"].items())
-            say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine ({parts}; "
-                "from a timed probe of the run's steps)")
         run = Services(self.cfg, self.out, accelerator, CheckpointPolicy(
             self.cfg, self.out, accelerator, self.resume, self.overwrite), self.progress)
         self.out.mkdir(parents=True, exist_ok=True)
         with RunLock(self.out) if run.main else contextlib.nullcontext(), \
                 run.checkpointing.catching_signals():
             try:
+                self.show_plan(plan, accelerator)  # holding the lock: this run will train
                 return self.train(run, plan)
             finally:
                 accelerator.end_training()
+
+    def show_plan(self, plan: Plan, accelerator) -> None:
+        """The data's summary, the plan's choices and the estimated wall time, in one block."""
+        if self.report:
+            say(self.report["summary"])
+        if self.choices:
+            say(f"plan for {self.cfg.data.source} (chosen from the data where you gave no value):")
+            for line in planning.table(self.choices):
+                say(line)
+        if self.estimate and accelerator.num_processes == 1 and not self.resume:
+            self.estimated = estimate(self.cfg, plan, accelerator)
+            parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.estimated["parts"].items())
+            say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine ({parts}; "
+                "from a timed probe of the run's steps)")
 
     def train(self, run: Services, plan: Plan) -> Path:
         """The loop, top to bottom: where to start, stage 1, stage 2's latents, the stack,
