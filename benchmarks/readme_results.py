@@ -178,12 +178,15 @@ def your_data(out: Path, work: Path) -> None:
     dest = folder(out, "your-data")
     udiff("data", fonts, "--out", dest / "data")
     for name, extra in (("default", ()), ("early-stop", ("--max-steps", "6000", "--early-stop",
-                                                        "3", "--validate-every", "400"))):
+                                                        "2", "--validate-every", "300"))):
         run = work / f"fonts-{name}"
         udiff("train", "--data", fonts, "--out", run, "--overwrite", *extra)
         udiff("eval", run, "--out", dest / name / "metrics.json")
         for f in ("run.json", "log.jsonl", "training.png", "config.toml"):
             shutil.copy(run / f, dest / name / f)
+        rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        (dest / name / "validation.json").write_text(json.dumps(
+            [r for r in rows if r["stage"] == "validation"], indent=1) + "\n")
 
 
 STEPS = {"demo": demo, "distill": distill, "memorization": memorization,

@@ -77,8 +77,9 @@ class Trainer:
         if self.estimate and accelerator.num_processes == 1 and not self.resume:
             self.estimated = estimate(self.cfg, plan, accelerator)
             parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.estimated["parts"].items())
-            say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine ({parts}; "
-                "from a timed probe of the run's steps)")
+            bound = " at most: --early-stop may end sooner" if self.cfg.training.early_stop else ""
+            say(f"estimate: {self.estimated['seconds'] / 60:.1f} min on this machine{bound} "
+                f"({parts}; from a timed probe of the run's steps)")
 
     def train(self, run: Services, plan: Plan) -> Path:
         """The loop, top to bottom: where to start, stage 1, stage 2's latents, the stack,
