@@ -41,8 +41,9 @@ def test_eval_separates_trained_from_untrained_and_real_beats_both(cli, tmp_path
     for m in (good, bad):
         assert m["fid_features"] == "reference_classifier" and m["reference_accuracy"] >= 0.9
         assert set(m["fid_per_label"]) == set(m["kid_per_label"]) == {str(i) for i in range(10)}
-        assert m["settings"] == {"per_label": 10, "steps": 10, "scheduler": "flow", "guidance": 2.0,
-                                 "guidance_interval": None, "guidance_rescale": 0.0,
+        # the flow family's measured default (issue 29: CFG 1.5 in [0.2, 0.8])
+        assert m["settings"] == {"per_label": 10, "steps": 10, "scheduler": "flow", "guidance": 1.5,
+                                 "guidance_interval": [0.2, 0.8], "guidance_rescale": 0.0,
                                  "seed": 0, "real_images": 1797, "inception_weights": None}
         # the floor: two halves of the real digits
         assert m["fid_real_vs_real"] < m["fid"] and m["kid_real_vs_real"] < m["kid"]
