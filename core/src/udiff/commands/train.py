@@ -73,7 +73,8 @@ def main(args) -> int:
         from ..training.setup import fsdp_refusal, training_on_cpu
 
         # user errors: one line here, not one per process
-        Trainer(cfg, args.out, args.overwrite, resume=args.resume).check(args.num_processes)
+        Trainer(cfg, args.out, args.overwrite, resume=args.resume,  # the scan made above
+                report=report).check(args.num_processes)
         if cfg.training.fsdp and training_on_cpu(cfg.training):
             raise fsdp_refusal("on CPU", args.num_processes)
         return launch(args.argv, args.num_processes, cfg.training.mixed_precision)

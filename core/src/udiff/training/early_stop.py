@@ -15,14 +15,14 @@ from ..run.files import atomic_write
 from ..run.layout import BEST
 from .setup import say
 
-# metric -> (validation row key, the better of two values)
-METRICS = {"fid": ("fid", min), "loss": ("loss", min), "accuracy": ("label_accuracy", max)}
+# metric -> (validation row key, +1 when lower is better, -1 when higher is)
+METRICS = {"fid": ("fid", 1), "loss": ("loss", 1), "accuracy": ("label_accuracy", -1)}
 
 
 class EarlyStopping:
     def __init__(self, metric: str, patience: int, out: Path, main: bool) -> None:
         self.metric, self.patience, self.out, self.main = metric, patience, out, main
-        self.key, self.better = METRICS[metric]
+        self.key, self.sign = METRICS[metric]
         self.best: float | None = None
         self.best_step: int | None = None
         self.stale = 0  # validations since the best
@@ -32,7 +32,7 @@ class EarlyStopping:
         """Record one validation (main process); ``weights``: the validated (EMA) state, in the
         trainer's parameter order. -> True when the metric has not improved for ``patience``."""
         value = float(row[self.key])
-        if self.best is None or self.better(value, self.best) != self.best:
+        if self.best is None or self.sign * value < self.sign * self.best:
             self.best, self.best_step, self.stale = value, step, 0
             tensors = {str(i): w.detach().to("cpu", torch.float32).contiguous()
                        for i, w in enumerate(weights)}

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from ..evaluation import reference
 from ..evaluation.reference import ReferenceClassifier
 from ..plugins.assembly import assemble
 from ..sampling.spec import run_spec
@@ -96,11 +97,12 @@ def validation_seconds(cfg, plan, model, stack, device) -> float:
     t, ctx = cfg.training, plan.context
     count = t.max_steps // t.validate_every + (1 if t.max_steps % t.validate_every else 0)
     classifier = ReferenceClassifier(ctx.image_channels, ctx.num_labels)
-    images = torch.rand(64, ctx.image_channels, ctx.image_size, ctx.image_size) * 2 - 1
-    labels = torch.randint(0, ctx.num_labels, (64,))
+    images = torch.rand(reference.BATCH, ctx.image_channels, ctx.image_size, ctx.image_size) * 2 - 1
+    labels = torch.randint(0, ctx.num_labels, (reference.BATCH,))
     fit = seconds_per_call(adamw_step(classifier, lambda: torch.nn.functional.cross_entropy(
         classifier(images), labels)), 1, 3)
-    fit *= 40 * -(-round(len(plan.splits.train) * 0.8) // 64)  # train_reference: 40 epochs of 80%
+    fit *= reference.EPOCHS * -(-round(len(plan.splits.train) * (1 - reference.HOLDOUT))
+                                // reference.BATCH)  # train_reference's steps
     spec = run_spec(cfg)
     n = ctx.num_labels * t.validate_per_label
     lc, ls = stack.context.latent_channels, stack.context.latent_size

@@ -57,7 +57,7 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
         report = scan(cfg.data.source, f"--data {cfg.data.source}", strict=True)
         say(report["summary"])
     check_batches(cfg.training, processes)
-    check_validation(cfg.training, processes)
+    check_validation(cfg.training)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
     plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler,
@@ -74,7 +74,7 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
     return plan
 
 
-def check_validation(t, processes: int) -> None:
+def check_validation(t) -> None:
     if t.early_stop and not t.validate_every:
         raise UdiffError("--early-stop needs validation to watch: give --validate-every N")
     if t.early_stop and t.fsdp:
