@@ -122,6 +122,9 @@ class TrainingConfig(Strict):
     holdout: float = Field(0.1, ge=0, lt=1, description="Fraction of each label (at least one "
                            "image) neither stage nor the reference classifier ever trains on: "
                            "validation's held-out set; 0 = train on everything.")
+    split_seed: int | None = Field(None, description="Seed of the held-out splits (validation's "
+                                   "and stage 1's); default: seed. `udiff compare` fixes it, so "
+                                   "every seed of a comparison is judged on the same images.")
     validate_every: int = Field(0, ge=0, description="Every N denoiser steps (and at the end), "
                                 "with the EMA weights: the held-out loss (fixed noise and "
                                 "timesteps), a sample grid, its label accuracy and FID/KID "
@@ -135,6 +138,10 @@ class TrainingConfig(Strict):
         "accuracy.")
     log_with: Literal["none", "tensorboard"] = Field("none", description="Also log to this "
                                                      "accelerate tracker (in <run>/tensorboard).")
+
+    @property
+    def splits_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 class SamplingConfig(Strict):

@@ -42,6 +42,8 @@ class Case:
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # accelerate's: "no", "bf16", "fp16"
     lora_rank: int = 0  # > 0: peft LoRA adapters on the attention projections, base frozen
+    latent_channels: int = 4
+    labels: int = LABELS
 
     @property
     def id(self) -> str:
@@ -54,12 +56,20 @@ class Case:
 
 
 def context(case: Case) -> Context:
-    return Context(image_channels=1, image_size=case.latent_size * 2, latent_channels=4,
-                   latent_size=case.latent_size, num_labels=LABELS)
+    return Context(image_channels=1, image_size=case.latent_size * 2,
+                   latent_channels=case.latent_channels, latent_size=case.latent_size,
+                   num_labels=case.labels)
 
 
 def modules(case: Case, seed: int = 0):
     """(denoiser, conditioner, training scheduler) on the case's device."""
+    denoiser, conditioner, scheduler = built(case, seed)
+    return denoiser.to(case.device), conditioner.to(case.device), scheduler
+
+
+def built(case: Case, seed: int = 0, scheduler=None):
+    """(denoiser, conditioner, training scheduler) where torch creates them (fake tensors under
+    a FakeTensorMode, which cannot be moved); ``scheduler``: one built already."""
     torch.manual_seed(seed)
     comp = plugins.get("denoiser", case.backbone)
     part = Part(comp, comp.make_config(case.preset))
@@ -67,15 +77,20 @@ def modules(case: Case, seed: int = 0):
                                lora.targets(comp, ["attention"]))) if case.lora_rank else part.build
     lab, sched = plugins.get("conditioner", "label"), plugins.get("scheduler", case.scheduler)
     stack = assemble(context(case), make, Part(lab, lab.make_config()).build,
-                     Part(sched, sched.make_config()).build)
-    return stack.denoiser.to(case.device), stack.conditioner.to(case.device), stack.scheduler
+                     (lambda _: scheduler) if scheduler else Part(sched, sched.make_config()).build)
+    return stack.denoiser, stack.conditioner, stack.scheduler
+
+
+def training_scheduler(case: Case):
+    comp = plugins.get("scheduler", case.scheduler)
+    return Part(comp, comp.make_config()).build(context(case))
 
 
 def batch(case: Case, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    s = case.latent_size
-    x0 = torch.randn(case.batch, 4, s, s, generator=g).to(case.device)
-    y = torch.randint(0, LABELS, (case.batch,), generator=g).to(case.device)
+    c, s = case.latent_channels, case.latent_size
+    x0 = torch.randn(case.batch, c, s, s, generator=g).to(case.device)  # [B, c, s, s]
+    y = torch.randint(0, case.labels, (case.batch,), generator=g).to(case.device)  # [B]
     return x0, y
 
 
@@ -143,14 +158,14 @@ def pipeline(case: Case, seed: int = 0) -> Pipeline:
     denoiser, conditioner, _ = modules(case, seed)
     sched = plugins.get("scheduler", case.scheduler)
     return Pipeline(torch.nn.Identity(), denoiser, conditioner, case.scheduler,
-                    sched.make_config(), [str(i) for i in range(LABELS)], 1.0, context(case))
+                    sched.make_config(), [str(i) for i in range(case.labels)], 1.0, context(case))
 
 
 def noise_and_labels(case: Case, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    s = case.latent_size
-    return (torch.randn(case.batch, 4, s, s, generator=g),
-            torch.arange(case.batch) % LABELS)
+    c, s = case.latent_channels, case.latent_size
+    return (torch.randn(case.batch, c, s, s, generator=g),
+            torch.arange(case.batch) % case.labels)
 
 
 def udiff_sample(pipe: Pipeline, case: Case, noise, labels) -> torch.Tensor:
@@ -163,7 +178,7 @@ def bare_sample(pipe: Pipeline, case: Case, noise, labels) -> torch.Tensor:
     sampler = pipe.scheduler(sampler_name(case)).sampler  # the diffusers object itself
     sampler.set_timesteps(case.steps, device=case.device)
     dev = case.device
-    cond = pipe.conditioner(torch.cat([labels, torch.full_like(labels, LABELS)]).to(dev))
+    cond = pipe.conditioner(torch.cat([labels, torch.full_like(labels, case.labels)]).to(dev))
     x = noise.to(dev) * getattr(sampler, "init_noise_sigma", 1.0)
     for t in sampler.timesteps:
         inp = torch.cat([x, x])

@@ -8,6 +8,7 @@ stage 1 held out.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -47,9 +48,11 @@ class Judge:
     then ``score`` any number of sample sets (``udiff eval`` scores one, the sweep many)."""
 
     def __init__(self, run_dir: str | Path, inception: str | Path | None = None,
-                 progress: bool = True, **overrides) -> None:
-        """``overrides``: of the run's sampling spec (:meth:`Pipeline.spec`) -> :attr:`spec`,
-        checked before any work; its seed also seeds the judge (splits, KID subsets)."""
+                 progress: bool = True, reference: str = "all", **overrides) -> None:
+        """``reference``: the real images FID/KID compare with: "all" the run's images, "held"
+        its held-out split (``udiff compare``). ``overrides``: of the run's sampling spec
+        (:meth:`Pipeline.spec`) -> :attr:`spec`, checked before any work; its seed also seeds
+        the judge (splits, KID subsets)."""
         self.weights = inception_weights(inception)
         inception_net = InceptionFeatures(self.weights) if self.weights else None  # fails here
         self.run_dir, self.pipe = run_dir, load(run_dir)
@@ -59,24 +62,44 @@ class Judge:
                                          self.cfg.data.channels)
         t = self.cfg.training
         # the classifier never sees the run's held-out images (training.holdout), as in validation
-        self.splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.seed)
+        self.splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.splits_seed)
+        if reference == "held" and self.splits.held is None:
+            raise UdiffError(f"{run_dir} holds no held-out images (training.holdout = 0) to "
+                             "judge against")
+        self.reference = self.splits.held if reference == "held" else data
         self.classifier, self.reference_accuracy = train_reference(
             self.splits.train, seed=t.seed, progress=progress)
         self.features = inception_net or ClassifierFeatures(self.classifier)
-        self.real = embed(self.features, data.images)  # [N_real, F]
-        half_a, half_b = datasets.split_indices(data.labels, 0.5, self.seed)
+        self.real = embed(self.features, self.reference.images)  # [N_real, F]
+        half_a, half_b = datasets.split_indices(self.reference.labels, 0.5, self.seed)
         self.floor = fid_kid(self.real[half_a], self.real[half_b], self.seed)  # two halves of the real
-        self.real_diversity = diversity(self.real, data.labels)
-        self.copies = NearCopies(data.images, self.real, data.labels, data.label_names)
+        self.real_diversity = diversity(self.real, self.reference.labels)
+        everything = self.real if reference == "all" else embed(self.features, data.images)
+        self.copies = NearCopies(data.images, everything, data.labels, data.label_names)
+
+    def for_run(self, run_dir: str | Path, **overrides) -> Judge:
+        """This judge (its classifier, features and real images) for another run trained on the
+        same images and splits (the arms of ``udiff compare``)."""
+        pipe = load(run_dir)
+        mine, theirs = self.cfg, pipe.config
+        same = lambda c: (c.data, c.training.holdout, c.training.autoencoder_holdout,  # noqa: E731
+                          c.training.splits_seed)
+        if same(mine) != same(theirs):
+            raise UdiffError(f"{run_dir} was trained on other images or splits than "
+                             f"{self.run_dir}: it needs its own judge")
+        other = copy.copy(self)
+        other.run_dir, other.pipe = run_dir, pipe
+        other.spec = pipe.spec(**({"seed": self.seed} | overrides))
+        return other
 
     def score(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
         """Accuracy, FID/KID, diversity and memorisation of ``images [N, C, H, W]`` with their
         ``labels [N]`` -> (metrics, the closest sample/training pairs)."""
-        data, names, real = self.data, self.data.label_names, self.real
+        names, real, ref = self.data.label_names, self.real, self.reference
         label_accuracy, per = accuracy(self.classifier, images, labels)
         fake = embed(self.features, images)  # [N, F]
         overall = fid_kid(real, fake, self.seed)
-        per_label = {names[k]: fid_kid(real[data.labels == k], fake[labels == k], self.seed)
+        per_label = {names[k]: fid_kid(real[ref.labels == k], fake[labels == k], self.seed)
                      for k in range(len(names))}
         copies, pairs = self.copies.score(images, fake, labels)
         return {

@@ -88,7 +88,7 @@ def check_validation(t) -> None:
 def held_out(cfg: TrainConfig, data: datasets.LabelledImages) -> datasets.Splits:
     """The run's splits; a label left with no training image is refused."""
     t = cfg.training
-    splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.seed)
+    splits = datasets.splits(data, t.holdout, t.autoencoder_holdout, t.splits_seed)
     kept = torch.bincount(splits.train.labels, minlength=len(data.label_names))  # [K]
     empty = [data.label_names[k] for k, n in enumerate(kept) if n == 0]
     if empty:

@@ -7,6 +7,7 @@ progress bars, checkpointing) and what it works on, never the trainer."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -112,7 +113,8 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
                    validation: Validation | None = None) -> dict:
     """Stage 2: train ``stack``'s denoiser and conditioner in place; they end holding the EMA
     weights (with --early-stop: the best validated ones). Returns the parameters the optimizer
-    trained and all of them, the steps run and the early stop's summary (run.json).
+    trained and all of them, the steps run, the early stop's summary and the time this start
+    spent stepping and validating (run.json).
     ``tensors``: (latents ``[N, c, h, w]``, labels ``[N]``, each latent's own noise or None)."""
     cfg, acc, t = run.cfg, run.accelerator, run.cfg.training
     denoiser, conditioner = stack.denoiser, stack.conditioner
@@ -129,6 +131,7 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
         training.steps, training.nonfinite = state["step"], state["nonfinite"]
         if stopping:
             stopping.load_state(state.get("early_stop"))
+    first, start, validating = training.steps, time.perf_counter(), 0.0
     with run.bar(t.max_steps, f"stage 2: {cfg.denoiser.name}", training.steps) as bar:
         while training.steps < t.max_steps:
             loss = training.step(*next(batches))
@@ -140,7 +143,9 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
                 run.log(stage="denoiser", step=training.steps, loss=loss,
                         lr=training.lr_scheduler.get_last_lr()[0],
                         skipped_nonfinite=training.skipped)
+            began = time.perf_counter()
             stop = validate(run, training, validation, stopping)
+            validating += time.perf_counter() - began
             if stop:
                 stopping.stop(training.steps)
                 break
@@ -149,12 +154,17 @@ def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: 
                                        training.lr_scheduler, batches, training.ema,
                                        {"nonfinite": training.nonfinite} | (
                                            {"early_stop": stopping.state()} if stopping else {}))
+    elapsed = time.perf_counter() - start
     training.finish()
     if stopping and run.main:
         stopping.restore_best(training.params)
     return {"parameters": {"trainable": sum(p.numel() for p in training.params),
                            "total": sum(p.numel() for p in training.model.parameters())},
-            "steps": training.steps, "early_stop": stopping.summary() if stopping else None}
+            "steps": training.steps, "early_stop": stopping.summary() if stopping else None,
+            # this start's share (a resumed run: the steps after the checkpoint)
+            "timing": {"steps": training.steps - first,
+                       "step_seconds": round(elapsed - validating, 2),
+                       "validation_seconds": round(validating, 2)}}
 
 
 def validate(run: Services, training: DenoiserTraining, validation: Validation | None,

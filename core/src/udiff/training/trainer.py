@@ -166,7 +166,7 @@ class Trainer:
                       "denoiser": results["steps"]},  # --resume compares (train longer)
             "holdout": {"images": 0 if plan.splits.held is None else len(plan.splits.held),
                         "fraction": self.cfg.training.holdout},
-            "early_stop": results["early_stop"],
+            "early_stop": results["early_stop"], "timing": results["timing"],
             "plan": self.plan_record(results["wall_seconds"]),
             "processes": run.accelerator.num_processes,
             "distributed_type": run.accelerator.distributed_type.value,
