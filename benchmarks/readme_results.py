@@ -4,7 +4,8 @@ an otherwise idle machine (timings are figures too). Each step writes a dated fo
 figure against them.
 
     python benchmarks/readme_results.py --out benchmarks/results --work /tmp/udiff-results \\
-        [--only demo,distill,memorization,lora-serving,presets,startup,conformance,your-data]
+        [--only demo,distill,memorization,lora-serving,presets,startup,conformance,your-data,
+         compare]
 
 ``demo`` must run before ``distill`` and ``lora-serving`` (they start from the demo runs).
 The guidance sweep and ``udiff bench perf --quick`` keep their own commands (README)."""
@@ -189,9 +190,46 @@ def your_data(out: Path, work: Path) -> None:
             [r for r in rows if r["stage"] == "validation"], indent=1) + "\n")
 
 
+def compare(out: Path, work: Path) -> None:
+    """Issue 30's targets: the memory estimate against torch.profiler (every built-in's small and
+    bench preset at two batches) and for Stable Diffusion 1.5's UNet at 256 px; then ``udiff
+    compare --budget-minutes 5`` of the three built-ins on the digits and on the font set."""
+    from udiff.bench.cases import Case
+    from udiff.bench.footprint import estimate, profiled
+    from udiff.fontset import render
+
+    dest = folder(out, "compare")
+    rows = []
+    for b in BACKBONES:
+        for preset in ("small", "bench"):
+            for batch in (16, 64):
+                case = Case(b, preset, batch)
+                est, real = estimate(case), profiled(case)
+                rows.append({"case": case.id, "estimate": est.as_dict(), "profiler_peak": real,
+                             "error": round(est.peak / real - 1, 5)})
+    sd = Case("unet", "sd15", 4, device="cuda", latent_size=32, mixed_precision="bf16",
+              gradient_checkpointing=True)
+    (dest / "memory.json").write_text(json.dumps({
+        "validation": rows, "sd15_256px_batch4_bf16_checkpointing": estimate(sd).as_dict(),
+        "plan_claim_gb": [6, 8]}, indent=1) + "\n")
+    fonts = work / "fonts"
+    if not fonts.exists():
+        render(fonts, size=32, labels=20, per_label=120)
+    for name, data in (("digits", "digits"), ("fonts", fonts)):
+        run = work / f"compare-{name}"
+        shutil.rmtree(run, ignore_errors=True)
+        start = time.time()
+        udiff("compare", "--data", data, "--out", run, "--budget-minutes", "5")
+        (dest / name).mkdir(exist_ok=True)
+        for f in ("decision.md", "decision.json", "decision.png", "commands.txt"):
+            shutil.copy(run / f, dest / name / f)
+        (dest / name / "wall.json").write_text(json.dumps(
+            {"wall_seconds": round(time.time() - start, 1)}) + "\n")
+
+
 STEPS = {"demo": demo, "distill": distill, "memorization": memorization,
          "lora-serving": lora_serving, "presets": presets, "startup": startup,
-         "conformance": conformance, "your-data": your_data}
+         "conformance": conformance, "your-data": your_data, "compare": compare}
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ LAYERS = [
     ("training", ["udiff.training", "udiff.testing"]),
     ("serve", ["udiff.serve"]),
     ("bench", ["udiff.bench"]),
+    ("compare", ["udiff.compare"]),
     ("commands", ["udiff.commands", "udiff.cli", "udiff.__main__", "udiff"]),
 ]
 

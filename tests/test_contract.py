@@ -165,7 +165,11 @@ NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-qu
                   "--batch-size --lr --mixed-precision --compile --attention --device --seed "
                   "--checkpoint-every --keep-checkpoints --grace-seconds --max-nonfinite "
                   "--log-with --out --overwrite --resume",  # 20
-       "data": "dir --out --json"}  # 29
+       "data": "dir --out --json",  # 29
+       "compare": "--data --out --backbones --budget-steps --budget-minutes --seeds --preset "
+                  "--per-label --autoencoder --config --target-memory --target-image-size "
+                  "--target-batch --target-precision --target-checkpointing --resume "
+                  "--plan-only --collect"}  # 30
 # `udiff bench`'s sub-commands (issue 28), each with the flags it had as a target (17, 19, 20).
 BENCH = {"perf": "--backbones --preset --batches --quick --device --strict --out --overwrite",
          "serve": "run_dir --concurrency --seconds --quick --strict --out --overwrite",
