@@ -61,7 +61,9 @@ def test_the_ranking_rule_on_hand_made_results():
     assert order == ["b", "c", "a"] and "below the best" in why["a"]
     # FIDs within 10% tie: the faster step wins; outside 10% the lower FID wins
     assert decision.rank([row("a", 10.0, step_ms=30), row("b", 10.8, step_ms=10)])[0] == ["b", "a"]
-    assert decision.rank([row("a", 10.0, step_ms=30), row("b", 11.5, step_ms=10)])[0] == ["a", "b"]
+    order, why = decision.rank([row("a", 10.0, step_ms=30), row("b", 11.5, step_ms=10)])
+    assert order == ["a", "b"]
+    assert why["a"].startswith("lowest FID (10.0)") and "above the arms before it" in why["b"]
     # the seed spread widens the tie
     assert decision.rank([row("a", 10.0, step_ms=30, spread=2.0),
                           row("b", 11.5, step_ms=10, spread=2.0)])[0] == ["b", "a"]

@@ -24,6 +24,7 @@ def summarise(backbone: str, arms: list[dict], target: dict, largest: dict | Non
         "backbone": backbone, "preset": arms[0]["arm"]["preset"], "seeds": len(arms),
         "parameters": arms[0]["parameters"], "steps": arms[0]["steps"],
         "label_accuracy": mean("label_accuracy"), "fid": mean("fid"), "kid": mean("kid"),
+        "kid_std": mean("kid_std") if all("kid_std" in a for a in arms) else None,
         "fid_spread": statistics.stdev(fids) if len(fids) > 1 else None,
         "diversity": mean("diversity"), "near_copy_share": mean("near_copy_share"),
         "loss_spikes": sum(a["loss_spikes"] for a in arms),
@@ -59,11 +60,13 @@ def rank(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
             spread = max(r["fid_spread"] or 0.0 for r in group)
             ties = [r for r in group if r["fid"] <= lead["fid"] * (1 + FID_TIE) + spread]
             ties.sort(key=lambda r: (r["step_ms"] is None, r["step_ms"] or 0.0))
+            alone = (f"lowest FID ({lead['fid']:.1f}), no other arm within {FID_TIE:.0%}"
+                     if not order else f"FID {lead['fid']:.1f}, more than {FID_TIE:.0%} above "
+                     "the arms before it")
             for r in ties:
                 why.setdefault(r["backbone"], (
                     f"FID {r['fid']:.1f} ties with {len(ties)} arm(s) (within {FID_TIE:.0%} of "
-                    f"{lead['fid']:.1f}); step {r['step_ms']} ms" if len(ties) > 1 else
-                    f"lowest FID of the rest ({r['fid']:.1f})"))
+                    f"{lead['fid']:.1f}); step {r['step_ms']} ms" if len(ties) > 1 else alone))
             order += ties
             group = [r for r in group if r not in ties]
     return [r["backbone"] for r in order], why
@@ -107,7 +110,9 @@ def table(rows: list[dict], order: list[str], settings: dict) -> list[str]:
         ("Training time here: ms per step", lambda r: fmt(r["step_ms"], ".1f")),
         ("Training time here: steps / minutes", lambda r: f"{r['steps']} / {r['train_minutes']:.1f}"),
         ("Generation quality: FID (held-out)", lambda r: fmt(r["fid"], ".2f")),
-        ("Generation quality: KID", lambda r: fmt(r["kid"], ".4f")),
+        ("Generation quality: KID ± std over subsets (unbiased: ≤ 0 is within noise of 0)",
+         lambda r: fmt(r["kid"], ".4g") + ("" if r.get("kid_std") is None
+                                           else f" ± {r['kid_std']:.3g}")),
         ("Generation quality: label accuracy", lambda r: fmt(r["label_accuracy"])),
         ("Diversity / near-copy share", lambda r: f"{r['diversity']:.3f} / {r['near_copy_share']:.3f}"),
         ("Sampling ms per image here", lambda r: fmt(r["sampling_ms_per_image"], ".2f")),
