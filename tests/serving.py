@@ -14,22 +14,27 @@ import numpy as np
 from PIL import Image
 
 from udiff.serve import runs as served
-from udiff.serve.process import bind, make_server
+from udiff.serve.process import bind, load_keys, make_server
 from udiff.serve.schema import Limits
 from udiff.serve.service import Service
 
 
 class Live:
-    def __init__(self, run_dirs, token: str | None = None, **limits) -> None:
-        self.service = Service(served.load(run_dirs), Limits(**limits))
-        self.server = make_server(self.service, token)
+    def __init__(self, run_dirs, token: str | None = None, keys_file=None, audit=None,
+                 **limits) -> None:
+        runs = served.load(run_dirs)
+        keys = load_keys(keys_file, token, {n: r.pipe.label_names for n, r in runs.items()})
+        self.service = Service(runs, Limits(**limits), keys, audit)
+        self.server = make_server(self.service)
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        daemon=True)
         self.thread.start()
         self.service.start()
-        wait_ready(self.port, {"Authorization": f"Bearer {token}"} if token else None)
+        wait_ready(self.port, path="/healthz")  # /readyz may need a key
+        assert self.service.ready.wait(120)
 
     def __enter__(self) -> Live:
         return self
@@ -59,16 +64,18 @@ def call(port: int, method: str, path: str, body=None, headers: dict | None = No
     return resp.status, dict(resp.getheaders()), data
 
 
-def wait_ready(port: int, headers: dict | None = None, timeout: float = 120) -> None:
+def wait_ready(port: int, headers: dict | None = None, timeout: float = 120,
+               path: str = "/readyz") -> None:
+    """Until ``path`` answers 200 (/healthz: up; /readyz: its runs loaded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if call(port, "GET", "/readyz", headers=headers, timeout=5)[0] == 200:
+            if call(port, "GET", path, headers=headers, timeout=5)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"server on port {port} not ready in {timeout} s")
+    raise TimeoutError(f"server on port {port}: {path} not 200 in {timeout} s")
 
 
 def decode(result: dict) -> np.ndarray:
@@ -77,11 +84,11 @@ def decode(result: dict) -> np.ndarray:
                      for im in result["images"]])
 
 
-def poll(live_or_port, job_id: str, timeout: float = 120) -> dict:
+def poll(live_or_port, job_id: str, timeout: float = 120, headers: dict | None = None) -> dict:
     port = getattr(live_or_port, "port", live_or_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, _, job = call(port, "GET", f"/v1/jobs/{job_id}")
+        status, _, job = call(port, "GET", f"/v1/jobs/{job_id}", headers=headers)
         assert status == 200, job
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job

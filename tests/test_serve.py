@@ -204,7 +204,14 @@ def test_a_queued_job_is_cancelled_without_running(live):
     ({"labels": [0], "stepz": 3}, 422, "invalid_value", "stepz"),
     (b"{not json", 400, "malformed_json", "body"),
     (b"[1, 2]", 422, "invalid_value", "body"),
-    (b'{"labels": [0], "run": "' + b"x" * 20000 + b'"}', 400, "body_too_large", "body"),
+    (b'{"labels": [0], "run": "' + b"x" * 20000 + b'"}', 413, "body_too_large", "body"),
+    # strict: JSON's types as the schema says them (the fuzzer found each accepted before)
+    ({"labels": [0], "steps": True}, 422, "invalid_value", "steps"),
+    ({"labels": [0], "seed": "7"}, 422, "invalid_value", "seed"),
+    ({"labels": [0], "sampler": ""}, 422, "invalid_value", "sampler"),
+    ({"labels": [""]}, 422, "invalid_value", "labels"),
+    ({"labels": [True]}, 422, "invalid_value", "labels"),
+    ({"labels": [0], "guidance": "6"}, 422, "invalid_value", "guidance"),
 ])
 def test_bad_requests_name_the_field(live, body, status, code, field):
     for path in ("/v1/generate", "/v1/jobs"):

@@ -98,7 +98,7 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
         reader.join(10)
         err = "".join(lines)
         assert re.search(r"draining: [1-4] job\(s\) to finish", err), err  # some may be done
-        assert "warning: listening on 0.0.0.0 without --token-file" in err
+        assert "warning: listening on 0.0.0.0 without --keys-file or --token-file" in err
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

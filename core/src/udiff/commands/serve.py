@@ -16,7 +16,13 @@ def add_arguments(p) -> None:
                    help="address to listen on (default: 127.0.0.1; 0.0.0.0 needs --token-file)")
     p.add_argument("--port", type=int, default=8000, help="port; 0: any free one, printed (default: 8000)")
     p.add_argument("--token-file", metavar="PATH", help="file holding a bearer token every "
-                   "route but /healthz then requires")
+                   "route but /healthz then requires (one key with every scope)")
+    p.add_argument("--keys-file", metavar="KEYS_TOML", help="API keys, each with its runs, "
+                   "labels and quotas (udiff keys add); SIGHUP reloads it")
+    p.add_argument("--audit-log", metavar="PATH", help="append one JSON line per request that "
+                   "reached a run (fsynced; rotated by size)")
+    p.add_argument("--audit-max-bytes", type=int, default=16 * 2**20, metavar="N",
+                   help="rotate the audit log at N bytes, keeping 5 (default: 16 MiB)")
     for flag in ("max_batch_images", "max_queue", "max_steps", "max_images"):
         p.add_argument(f"--{flag.replace('_', '-')}", type=int, default=limits[flag].default,
                        metavar="N", help=f"{limits[flag].description.rstrip('.')} "
@@ -45,5 +51,7 @@ def main(args) -> int:
         raise UdiffError(f"--port {args.port}: must be 0..65535 (0: any free port)")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         raise UdiffError(f"--device {args.device}: auto, cpu, cuda or cuda:N")
+    if args.audit_max_bytes < 4096:
+        raise UdiffError(f"--audit-max-bytes {args.audit_max_bytes}: must be >= 4096")
     return serve(args.run_dirs, args.host, args.port, args.token_file, limits, args.device,
-                 args.grace_seconds)
+                 args.grace_seconds, args.keys_file, args.audit_log, args.audit_max_bytes)

@@ -18,9 +18,10 @@ FINAL = ("succeeded", "failed", "cancelled")
 
 
 class Job:
-    def __init__(self, work: Work, sync: bool = False) -> None:
+    def __init__(self, work: Work, sync: bool = False, owner: str | None = None) -> None:
         self.id = uuid.uuid4().hex
-        self.work, self.sync = work, sync
+        self.work, self.sync, self.owner = work, sync, owner  # owner: the key's name
+        self.version = 0  # bumped on every change a watcher sees (start, step, finish)
         self.status, self.step, self.error = "queued", 0, None
         self.images = None  # [N, C, H, W] in [-1, 1] once succeeded
         self.result: dict | None = None  # its response body, built on first read
@@ -37,6 +38,11 @@ class Job:
 
     def start(self, batch_images: int) -> None:
         self.status, self.started, self.batch_images = "running", time.monotonic(), batch_images
+        self.changed()
+
+    def advance(self, step: int) -> None:
+        self.step = step
+        self.changed()
 
     def finish(self, status: str, images=None, error: str | None = None) -> None:
         with self._lock:
@@ -44,19 +50,33 @@ class Job:
                 return
             self.images, self.error, self.finished = images, error, time.monotonic()
             self.status = status
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake whoever waits on this job (from any thread: each waiter is woken in its loop)."""
+        with self._lock:
+            self.version += 1
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
 
-    async def wait(self) -> None:
-        """Until the job is final (an asyncio wait: no thread per waiting request)."""
+    async def next_change(self, version: int) -> None:
+        """Until the job differs from ``version`` (an asyncio wait: no thread per watcher)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
-            if self.done:
+            if self.version != version:
                 return
             self._waiters.append((loop, future))
         await future
+
+    async def wait(self) -> None:
+        """Until the job is final."""
+        while True:
+            version = self.version  # read before `done`: a finish in between bumps it
+            if self.done:
+                return
+            await self.next_change(version)
 
     def timing(self) -> dict:
         started = self.started or self.finished or time.monotonic()
@@ -95,6 +115,13 @@ class JobQueue:
                 return False
 
     def take(self, timeout: float = 0.1) -> list[Job]:
+        batch = self._take(timeout)
+        if batch:
+            for job in list(self._jobs):  # each moved up the queue: watchers see the position
+                job.changed()
+        return batch
+
+    def _take(self, timeout: float) -> list[Job]:
         """The oldest job and the queued jobs that can share its batch (same run, steps,
         sampler, guidance) up to ``max_batch_images``, waiting ``linger_ms`` for more while the
         batch is not full -- only under load (others queued, or this job waited for the last
@@ -123,6 +150,14 @@ class JobQueue:
                 self._cond.wait(left)
             return batch
 
+    def position(self, job: Job) -> int | None:
+        """Jobs ahead of ``job`` (None: not queued)."""
+        with self._cond:
+            try:
+                return self._jobs.index(job)
+            except ValueError:
+                return None
+
 
 class JobStore:
     """Every job by id; finished ones are kept ``job_ttl_s`` and at most ``max_finished_jobs``."""
@@ -138,10 +173,13 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise ApiError(404, "unknown_job", f"no job {job_id!r} here (finished jobs are kept "
-                           f"{self.limits.job_ttl_s:.0f} s; job ids belong to the replica that "
-                           "made them)", "id")
+            raise self.unknown(job_id)
         return job
+
+    def unknown(self, job_id: str) -> ApiError:
+        return ApiError(404, "unknown_job", f"no job {job_id!r} here (finished jobs are kept "
+                        f"{self.limits.job_ttl_s:.0f} s; job ids belong to the replica and the "
+                        "key that made them)", "id")
 
     def values(self) -> list[Job]:
         return list(self._jobs.values())

@@ -1,6 +1,7 @@
-"""``udiff serve``'s process: check and load the runs, bind the port, serve with uvicorn, and
-drain on SIGTERM/SIGINT (stop accepting, finish what was accepted within the grace period,
-exit 0; a second signal stops at once)."""
+"""``udiff serve``'s process: check and load the runs and keys, bind the port, serve with
+uvicorn, reload the keys on SIGHUP (a file that fails its check leaves the old keys), and drain
+on SIGTERM/SIGINT (stop accepting, finish what was accepted within the grace period, exit 0; a
+second signal stops at once)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import threading
 from pathlib import Path
 
 from ..errors import UdiffError
+from . import keys as keyring
 from . import runs as served
+from .audit import AuditLog
 from .schema import Limits
 from .service import Service
 
@@ -51,14 +54,40 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
-def make_server(service: Service, token: str | None, log_level: str = "warning"):
+def load_keys(keys_file: str | None, token: str | None,
+              labels: dict[str, list[str]]) -> keyring.Keys | None:
+    """The keys a server checks: the file's, and ``--token-file``'s as one key with every scope;
+    None (no file, no token): an open server."""
+    extra = [keyring.every_scope("token", token, labels)] if token else []
+    if keys_file is None:
+        return keyring.Keys(extra, "--token-file") if extra else None
+    return keyring.load(keys_file, labels, extra)
+
+
+def make_server(service: Service, log_level: str = "warning"):
     import uvicorn
 
     from .app import create_app
 
-    config = uvicorn.Config(create_app(service, token), log_level=log_level,
+    config = uvicorn.Config(create_app(service), log_level=log_level,
                             timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
+
+
+def on_reload(service: Service, keys_file: str, token: str | None) -> None:
+    """SIGHUP: read the keys file again; from then on a removed key gets 401. Accepted work is
+    not touched (jobs keep their owner's name)."""
+    def handle(sig, frame):
+        try:
+            service.keys = load_keys(keys_file, token, service.labels())
+        except UdiffError as e:
+            print(f"udiff serve: SIGHUP: keys not reloaded, the old {len(service.keys)} stay: "
+                  f"{e}", file=sys.stderr, flush=True)
+            return
+        print(f"udiff serve: SIGHUP: reloaded {keys_file} ({len(service.keys)} key(s))",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGHUP, handle)
 
 
 def on_signals(service: Service, server, grace: float) -> None:
@@ -80,7 +109,8 @@ def on_signals(service: Service, server, grace: float) -> None:
 
 
 def serve(run_dirs: list[str], host: str, port: int, token_file: str | None, limits: Limits,
-          device: str, grace: float) -> int:
+          device: str, grace: float, keys_file: str | None = None,
+          audit_log: str | None = None, audit_max_bytes: int = 16 * 2**20) -> int:
     """Uvicorn answers HTTP on a thread; the worker runs on the main thread. On CPU that is not
     a detail: PyTorch's OpenMP pool runs a small model ~2.5x slower when its ops come from a
     thread other than the one that started it (measured: 180 vs 450 ms for the demo UNet)."""
@@ -90,20 +120,27 @@ def serve(run_dirs: list[str], host: str, port: int, token_file: str | None, lim
     device = served.device_of(device)
     sock = bind(host, port)  # before loading: an occupied port fails fast
     runs = served.load(paths, device)
-    if host in ("0.0.0.0", "::") and token is None:
-        print(f"udiff serve: warning: listening on {host} without --token-file: anyone who can "
-              "reach this machine can use it", file=sys.stderr, flush=True)
-    service = Service(runs, limits)
-    server = make_server(service, token)
+    keys = load_keys(keys_file, token, {n: r.pipe.label_names for n, r in runs.items()})
+    if host in ("0.0.0.0", "::") and keys is None:
+        print(f"udiff serve: warning: listening on {host} without --keys-file or --token-file: "
+              "anyone who can reach this machine can use it", file=sys.stderr, flush=True)
+    audit = AuditLog(audit_log, audit_max_bytes) if audit_log else None
+    service = Service(runs, limits, keys, audit)
+    server = make_server(service)
     http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="udiff-http",
                             daemon=True)
     on_signals(service, server, grace)
+    if keys_file:
+        on_reload(service, keys_file, token)
     http.start()
     port = sock.getsockname()[1]
-    print(f"udiff serve: http://{host}:{port}/ ({len(runs)} run(s); the API at /docs)",
+    print(f"udiff serve: http://{host}:{port}/ ({len(runs)} run(s)"
+          f"{f', {len(keys)} key(s)' if keys else ''}; the API at /docs)",
           file=sys.stderr, flush=True)
     service.run()  # warm up, say ready, work until drained
     server.should_exit = True
     http.join(30)
+    if audit:
+        audit.close()
     print("udiff serve: stopped", file=sys.stderr, flush=True)
     return 0

@@ -27,30 +27,38 @@ class ServedRun:
     pipe: Pipeline
     backbone: str
 
-    def describe(self) -> dict:
+    def describe(self, allowed: frozenset[int] | None = None) -> dict:
+        """``allowed``: the label indices a key may use (None: every label)."""
         pipe = self.pipe
+        indices = sorted(allowed) if allowed is not None else list(range(len(pipe.label_names)))
         return {"name": self.name, "backbone": self.backbone,
                 "objective": {"scheduler": pipe.scheduler_name,
                               "family": family(pipe.scheduler_name)},
-                "labels": pipe.label_names, "image_size": pipe.context.image_size,
+                "labels": [pipe.label_names[i] for i in indices], "label_indices": indices,
+                "image_size": pipe.context.image_size,
                 "image_channels": pipe.context.image_channels,
                 "lora": pipe.adapter is not None,
                 "defaults": {"steps": pipe.sampling.steps, "sampler": pipe.sampling.sampler,
                              "guidance": pipe.sampling.guidance}}  # as `udiff eval` samples
 
-    def work(self, req: GenerateRequest, limits: Limits) -> Work:
-        """The request checked against this run and the limits; errors name the field."""
+    def work(self, req: GenerateRequest, limits: Limits, allowed: frozenset[int] | None = None,
+             key: str | None = None) -> Work:
+        """The request checked against this run, the key's labels (``allowed``; None: every
+        label) and the limits; errors name the field."""
         names = self.pipe.label_names
         labels = []
         for value in req.labels:
-            if isinstance(value, str) and value in names:
-                labels.append(names.index(value))
-            elif isinstance(value, int) and 0 <= value < len(names):
-                labels.append(value)
-            else:
+            index = (names.index(value) if isinstance(value, str) and value in names
+                     else value if isinstance(value, int) and 0 <= value < len(names) else None)
+            if allowed is not None and index not in allowed:  # unknown or not the key's: alike
+                raise ApiError(403, "forbidden", f"key {key!r} may not use label {value!r} of "
+                               f"run {self.name!r}; its labels there: " + ", ".join(
+                                   f"{i} ({names[i]})" for i in sorted(allowed)), "labels")
+            if index is None:
                 raise ApiError(422, "unknown_label", f"label {value!r} is not one of run "
                                f"{self.name!r}'s labels: indices 0..{len(names) - 1} or names "
                                f"{', '.join(names[:10])}", "labels")
+            labels.append(index)
         total = len(labels) * req.per_label
         if total > limits.max_images:
             raise ApiError(422, "too_many_images", f"{len(labels)} labels x per_label "

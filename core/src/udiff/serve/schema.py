@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ..sampling.spec import SamplingSpec
 
@@ -25,26 +27,35 @@ class Limits(BaseModel):
     max_finished_jobs: int = Field(1000, ge=1, description="Finished jobs kept at most.")
 
 
+Name = Annotated[StrictStr, Field(min_length=1, max_length=256)]  # "" is never a name
+Index = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+
+
 class GenerateRequest(BaseModel):
-    """``POST /v1/generate`` and ``POST /v1/jobs``."""
+    """``POST /v1/generate`` and ``POST /v1/jobs``. Strict: JSON's types as the schema says them
+    (``true`` is not 1, ``"7"`` is not 7, ``""`` is not a sampler)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    run: str | None = Field(None, description="The run's folder name; may be left out when "
-                            "the server serves one run.")
-    labels: list[int | str] = Field(min_length=1, description="Label indices or names.")
-    per_label: int = Field(1, ge=1, description="Images per label.")
-    steps: int | None = Field(None, ge=1, description="Sampling steps (default: the run's).")
-    sampler: str | None = Field(None, description="A scheduler of the run's objective family.")
-    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance (1 = off).")
-    guidance_interval: tuple[float, float] | None = Field(
+    run: Name | None = Field(None, description="The run's folder name; may be left out when "
+                             "the key (or the server) has one run.")
+    labels: list[Index | Name] = Field(min_length=1, max_length=256,
+                                       description="Label indices or names.")
+    per_label: StrictInt = Field(1, ge=1, le=2**16, description="Images per label.")
+    steps: StrictInt | None = Field(None, ge=1, le=2**16,
+                                    description="Sampling steps (default: the run's).")
+    sampler: Name | None = Field(None, description="A scheduler of the run's objective family.")
+    guidance: StrictFloat | None = Field(None, ge=0, le=1e6,
+                                         description="Classifier-free guidance (1 = off).")
+    guidance_interval: tuple[StrictFloat, StrictFloat] | None = Field(
         None, description="[lo, hi]: guide only where t/T lies in it (1 = pure noise); "
         "default: the run's, else every step.")
-    guidance_rescale: float | None = Field(None, ge=0, le=1, description="Rescale the guided "
-                                           "prediction's std toward the conditional one's "
-                                           "(0 = off); default: the run's.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the initial noise; "
-                             "absent: a random one, echoed back.")
+    guidance_rescale: StrictFloat | None = Field(None, ge=0, le=1, description="Rescale the "
+                                                 "guided prediction's std toward the "
+                                                 "conditional one's (0 = off); default: the "
+                                                 "run's.")
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63, description="Seed of the initial "
+                                   "noise; absent: a random one, echoed back.")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,18 @@ class Work:
     def batch_key(self) -> tuple:
         """Jobs with equal keys may share a denoiser batch (the run fixes the LoRA adapter)."""
         return self.run, *self.spec.batch_key()
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: unknown_label, forbidden, queue_full, ...")
+    message: str = Field(description="One line for a person.")
+    field: str | None = Field(description="The request field (or header) at fault, if one is.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx the API answers (404, 405 and 413 included)."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):

@@ -10,19 +10,46 @@ import threading
 import time
 
 from ..images import grid, to_pil
+from .audit import AuditLog
 from .jobs import Job, JobQueue, JobStore
+from .keys import Key, Keys
+from .quota import Quotas
 from .runs import ServedRun, warm_up
 from .schema import ApiError, GenerateRequest, Limits
 from .worker import Worker
 
+UNAUTHORIZED = ApiError(401, "unauthorized", "this server needs 'Authorization: Bearer <key>'",
+                        "Authorization", {"WWW-Authenticate": "Bearer"})
+
 
 class Service:
-    def __init__(self, runs: dict[str, ServedRun], limits: Limits) -> None:
-        self.runs, self.limits = runs, limits
+    """``keys``: None serves everyone everything (127.0.0.1 without --keys-file/--token-file);
+    else every request but /healthz names a key, and sees only that key's runs, labels, jobs."""
+
+    def __init__(self, runs: dict[str, ServedRun], limits: Limits, keys: Keys | None = None,
+                 audit: AuditLog | None = None) -> None:
+        self.runs, self.limits, self.keys, self.audit = runs, limits, keys, audit
         self.queue, self.jobs = JobQueue(limits), JobStore(limits)
         self.worker = Worker(runs, self.queue)
+        self.quotas = Quotas()
         self.ready = threading.Event()
         self.draining = False
+
+    def labels(self) -> dict[str, list[str]]:
+        """Each served run's label names (what a keys file is checked against)."""
+        return {name: run.pipe.label_names for name, run in self.runs.items()}
+
+    def authenticate(self, authorization: str) -> Key | None:
+        if self.keys is None:
+            return None
+        scheme, _, secret = authorization.partition(" ")
+        key = self.keys.find(secret) if scheme.lower() == "bearer" and secret else None
+        if key is None:
+            raise UNAUTHORIZED
+        return key
+
+    def scope(self, key: Key | None) -> dict[str, frozenset[int] | None]:
+        return {name: None for name in self.runs} if key is None else key.scope
 
     def run(self) -> None:
         """Warm every run up (the server already answers /healthz), say ready, and work on this
@@ -36,8 +63,9 @@ class Service:
         """:meth:`run` on a thread of its own (tests serve from a thread of their process)."""
         threading.Thread(target=self.run, name="udiff-serve-worker", daemon=True).start()
 
-    def describe(self) -> dict:
-        return {"runs": [r.describe() for r in self.runs.values()],
+    def describe(self, key: Key | None) -> dict:
+        return {"runs": [self.runs[name].describe(labels)
+                         for name, labels in self.scope(key).items() if name in self.runs],
                 "limits": self.limits.model_dump()}
 
     def job_counts(self) -> dict[str, int]:
@@ -45,24 +73,39 @@ class Service:
         jobs = self.jobs.values()
         return {status: sum(j.status == status for j in jobs) for status in ("queued", "running")}
 
-    def run_of(self, req: GenerateRequest) -> ServedRun:
-        if req.run is None and len(self.runs) == 1:
-            return next(iter(self.runs.values()))
+    def run_of(self, req: GenerateRequest, key: Key | None) -> ServedRun:
+        scope = self.scope(key)
+        if req.run is None and len(scope) == 1:
+            return self.runs[next(iter(scope))]
+        if key is not None and req.run not in scope:  # whether it exists is not this key's to know
+            raise ApiError(403, "forbidden", f"key {key.name!r} may not use run {req.run!r}; its "
+                           f"runs: {', '.join(key.runs())}", "run")
         if req.run not in self.runs:
             raise ApiError(422, "unknown_run", f"no run {req.run!r} here; served: "
                            f"{', '.join(self.runs)}", "run")
         return self.runs[req.run]
 
-    def submit(self, req: GenerateRequest, sync: bool) -> Job:
+    def submit(self, req: GenerateRequest, sync: bool, key: Key | None = None) -> Job:
         if self.draining:
             raise ApiError(503, "shutting_down", "the server is shutting down; retry on "
                            "another replica", None, {"Retry-After": "5"})
         if not self.ready.is_set():
             raise ApiError(503, "not_ready", "the server is still loading its runs", None,
                            {"Retry-After": "1"})
-        job = Job(self.run_of(req).work(req, self.limits), sync=sync)
+        run = self.run_of(req, key)
+        work = run.work(req, self.limits, self.scope(key)[run.name], key and key.name)
+        if key is not None:
+            self.quotas.take(key, work.images)
+        job = Job(work, sync=sync, owner=key and key.name)
         self.queue.put(job)
         self.jobs.add(job)
+        return job
+
+    def job(self, job_id: str, key: Key | None) -> Job:
+        """Another key's job is "no such job": ids do not tell that it exists."""
+        job = self.jobs.get(job_id)
+        if key is not None and job.owner != key.name:
+            raise self.jobs.unknown(job_id)
         return job
 
     def cancel(self, job: Job) -> None:

@@ -90,7 +90,7 @@ class Worker:
                     return
             loop.step(t)
             for job in active:
-                job.step = i + 1
+                job.advance(i + 1)
         images = pipe.decode(loop.x).float().cpu()  # [N, C, H, W]
         start = 0
         for job in active:
