@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import UdiffError
@@ -25,7 +25,7 @@ class AuditLog:
 
     def write(self, *, key: str | None, run: str | None, labels, images: int | None,
               seed: int | None, status: int, ms: float) -> None:
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
         line = json.dumps({"time": now, "key": key, "run": run,
                            "labels": labels, "images": images, "seed": seed, "status": status,
                            "ms": round(ms, 1)}).encode() + b"\n"

@@ -26,19 +26,22 @@ TARGETS = {"batching_gain_c16": (">=", 2.0), "latency_ratio_c1": ("<=", 1.2)}
 MODES = {"batching": None, "no batching": 1}  # --max-batch-images: the server default, or 1
 
 
-def start_server(run_dir: Path, max_batch: int | None) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "udiff", "serve", str(run_dir), "--port", "0", "--device", "cpu",
-           "--max-queue", "1024"] + (["--max-batch-images", str(max_batch)] if max_batch else [])
+def start_server(run_dirs: list[Path], *args: str) -> tuple[subprocess.Popen, int]:
+    """``udiff serve RUN_DIR... --port 0 ARGS`` in its own process, once it says ready."""
+    cmd = [sys.executable, "-m", "udiff", "serve", *map(str, run_dirs), "--port", "0",
+           "--device", "cpu", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    port = None
+    port, lines = None, []
     for line in proc.stderr:  # "udiff serve: http://127.0.0.1:PORT/ ..."
+        lines.append(line)
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         if found:
             port = int(found.group(1))
         if "ready" in line and port:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+            proc.lines = lines  # what it says from now on is kept too (a test reads it)
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
             return proc, port
-    raise UdiffError(f"udiff serve {run_dir} did not start (exit {proc.wait()})")
+    raise UdiffError(f"udiff serve did not start (exit {proc.wait()}): {''.join(lines)[-500:]}")
 
 
 def closed_loop(port: int, clients: int, seconds: float, body: dict) -> dict:
@@ -138,7 +141,8 @@ def run(run_dir: str | Path, out: str | Path, concurrency=(1, 4, 16, 64), second
     body = {"labels": [0], "per_label": 1, "seed": 0}
     points, work, latency = {}, None, None
     for mode, max_batch in MODES.items():
-        proc, port = start_server(run_dir, max_batch)
+        proc, port = start_server([run_dir], "--max-queue", "1024",
+                                  *(["--max-batch-images", str(max_batch)] if max_batch else []))
         try:
             if work is None:  # the run's defaults, as the server reports them
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

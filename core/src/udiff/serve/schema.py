@@ -4,7 +4,6 @@ Nothing here imports torch or FastAPI."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
