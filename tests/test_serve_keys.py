@@ -16,7 +16,7 @@ import pytest
 from serving import call
 
 from udiff.cli import main
-from udiff.client import Client, Forbidden, NotFound, Unauthorized
+from udiff.client import Client, Forbidden, NotFound, RateLimited, Unauthorized
 from udiff.fontset import render
 from udiff.serve.loadtest import start_server
 
@@ -27,7 +27,7 @@ USERS = 31
 def add_key(keys: Path, name: str, *args: str) -> str:
     """``udiff keys add``: the secret it prints once (never written to the file)."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert main(["keys", "add", name, "--file", str(keys), *args]) == 0
     secret = out.getvalue().strip()
     assert secret.startswith("udiff_") and secret not in keys.read_text()
@@ -157,3 +157,66 @@ def test_31_keys_see_only_their_own_label_and_jobs(keyed):
         Path(keep).mkdir(parents=True, exist_ok=True)
         (Path(keep) / "keys-matrix.json").write_text(json.dumps(counts, indent=2) + "\n")
     assert allowed == 31 * 5 + 2 + 26 and denied == 31 * 6 + 12 + 1 + 5
+
+
+def test_quotas_answer_429_with_retry_after(tiny_run, tmp_path):
+    from serving import Live
+
+    keys = tmp_path / "keys.toml"
+    rpm = add_key(keys, "rpm", "--runs", "tiny", "--requests-per-minute", "2")
+    daily = add_key(keys, "daily", "--runs", "tiny", "--labels", "1,2", "--images-per-day", "3")
+    with Live([tiny_run], keys_file=keys) as live:
+        fast = Client(live.url, key=rpm)
+        fast.generate([0], steps=2)
+        fast.submit([0], steps=2)
+        with pytest.raises(RateLimited) as e:
+            fast.generate([0], steps=2)
+        assert e.value.code == "rate_limited" and 1 <= e.value.retry_after <= 60
+        day = Client(live.url, key=daily)
+        assert len(day.generate([1, 2], steps=2)) == 2
+        with pytest.raises(RateLimited) as e:  # 2 + 2 > 3: refused whole, nothing counted
+            day.generate([1, 2], steps=2)
+        assert e.value.code == "daily_quota" and e.value.retry_after <= 86400
+        assert len(day.generate([2], steps=2)) == 1  # the third image of the day
+        status, headers, _ = live.call("POST", "/v1/generate", {"labels": [1], "steps": 2},
+                                       {"Authorization": f"Bearer {daily}"})
+        assert status == 429 and int(headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[[keys]\nname = 'x'", "does not parse"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{h}'\nruns = {{ 'nope' = '*' }}", "matches no served run"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{h}'\nruns = {{ 'tiny' = [10] }}", "label 10 is not"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{h}'\nruns = {{ 'tiny' = ['ten'] }}", "label 'ten' is not"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{h}'\nruns = {{ 't*' = '*' }}\n"
+     "[[keys]]\nname = 'a'\nsha256 = '{g}'\nruns = {{ 't*' = '*' }}", "duplicate key name 'a'"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{s}'\nruns = {{ 'tiny' = '*' }}", "secret in clear"),
+    ("[[keys]]\nname = 'a'\nsecret = 'hunter2'\nruns = {{ 'tiny' = '*' }}", "secret in clear"),
+    ("[[keys]]\nname = 'a'\nsha256 = 'abc'\nruns = {{ 'tiny' = '*' }}", "64 lowercase hex"),
+    ("[[keys]]\nname = 'a'\nsha256 = '{h}'\nruns = {{ 'tiny' = '*' }}\n"
+     "requests_per_minute = 0", "requests_per_minute must be"),
+])
+def test_a_bad_keys_file_is_one_line_before_listening(cli, tiny_run, tmp_path, text, says):
+    from udiff.serve.keys import digest, new_secret
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text(text.format(h=digest("one"), g=digest("two"), s=new_secret()))
+    before = keys.read_bytes()
+    err = cli.fails("serve", tiny_run, "--keys-file", keys, "--port", "0", match=says)
+    assert "hunter2" not in err and "udiff_" not in err  # a secret is never echoed back
+    assert keys.read_bytes() == before
+
+
+def test_keys_commands_bad_input_and_list(cli, tmp_path):
+    keys = tmp_path / "keys.toml"
+    add_key(keys, "u07", "--runs", "u07", "--labels", "7,seven", "--images-per-day", "50")
+    before = keys.read_bytes()
+    cli.fails("keys", "add", "u07", "--file", keys, "--runs", "u07", match="already in")
+    cli.fails("keys", "add", "bad name", "--file", keys, "--runs", "u07", match="NAME")
+    cli.fails("keys", "add", "x", "--file", keys, "--runs", ",", match="--runs")
+    cli.fails("keys", "add", "x", "--file", keys, "--runs", "a", "--requests-per-minute", "0",
+              match="--requests-per-minute")
+    cli.fails("keys", "remove", "nobody", "--file", keys, match="no key 'nobody'")
+    assert keys.read_bytes() == before
+    code, out, _ = cli("keys", "list", "--file", keys)
+    assert code == 0 and out.split("\t")[:2] == ["u07", "u07: 7, seven"] and "sha" not in out

@@ -16,6 +16,7 @@ from serving import Live, call
 import udiff
 from conftest import TINY, write_folder
 from udiff.cli import main
+from udiff.serve.keys import digest, entry_toml, new_secret
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if os.environ.get("UDIFF_REQUIRE_BROWSER"):  # .ci/run: the browser and its driver must be here
@@ -55,17 +56,22 @@ def shown_images(page) -> np.ndarray:
                      for s in srcs])
 
 
-def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, named_run):
+def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, named_run,
+                                                                      tmp_path):
     if CHROMIUM is None:  # .ci/run installs it and sets UDIFF_REQUIRE_BROWSER: never a skip there
         pytest.skip("no chromium here (apt-get install -y chromium)")
-    with Live([tiny_run, named_run], token="s3cret") as live, sync_api.sync_playwright() as p:
-        assert call(live.port, "GET", "/")[0] == 401  # the page needs the token too
+    keys, secret = tmp_path / "keys.toml", new_secret()  # every label of tiny, carol of named
+    keys.write_text(entry_toml("carol", digest(secret), {tiny_run.name: "*",
+                                                         named_run.name: ["carol"]}))
+    with Live([tiny_run, named_run], keys_file=keys) as live, sync_api.sync_playwright() as p:
+        assert call(live.port, "GET", "/")[0] == 401  # the page needs a key too
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 900, "height": 640})
         offline = []
-        page.on("request", lambda r: r.url.startswith(f"http://127.0.0.1:{live.port}/")
-                or offline.append(r.url))
-        page.goto(f"http://127.0.0.1:{live.port}/?token=s3cret")  # opened from a link
+        requested = []
+        page.on("request", lambda r: requested.append(r.url) or r.url.startswith(
+            f"http://127.0.0.1:{live.port}/") or offline.append(r.url))
+        page.goto(f"http://127.0.0.1:{live.port}/?token={secret}")  # opened from a link
         page.wait_for_selector("body[data-ready]")
         page.select_option("#run", tiny_run.name)
         page.select_option("#label", "7")
@@ -74,6 +80,9 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, 
                                           "i.naturalHeight, i.alt])")
         assert sizes == [[16, 16, "7"]] * 4
         assert page.eval_on_selector("#progress", "e => e.value") == 1
+        events = page.evaluate("document.body.dataset.events").split(",")
+        assert events[-1] == "succeeded" and "progress" in events  # from the job's events
+        assert not [u for u in requested if "/v1/jobs/" in u and "/events" not in u]  # no polls
         assert page.text_content("#error") == ""
         if os.environ.get("UDIFF_SCREENSHOT"):  # docs/serve-page.png is made this way
             page.screenshot(path=os.environ["UDIFF_SCREENSHOT"])
@@ -88,7 +97,7 @@ def test_the_page_generates_images_for_a_named_label_and_shows_errors(tiny_run, 
         # the library makes them (the page sent the token with every call it made).
         page.select_option("#run", named_run.name)
         assert page.eval_on_selector_all("#label option", "els => els.map(o => o.textContent)") \
-            == ["alice", "bob", "carol"]
+            == ["carol"]  # the key's one label of this run
         page.select_option("#label", label="carol")
         generate(page, count=2, steps=6, seed=3)
         assert page.eval_on_selector_all("#grid img", "els => els.map(i => i.alt)") == ["carol"] * 2

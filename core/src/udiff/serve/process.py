@@ -117,10 +117,10 @@ def serve(run_dirs: list[str], host: str, port: int, token_file: str | None, lim
     require()
     token = read_token(token_file)
     paths = served.check(run_dirs)
+    keys = load_keys(keys_file, token, served.label_names(paths))
     device = served.device_of(device)
     sock = bind(host, port)  # before loading: an occupied port fails fast
     runs = served.load(paths, device)
-    keys = load_keys(keys_file, token, {n: r.pipe.label_names for n, r in runs.items()})
     if host in ("0.0.0.0", "::") and keys is None:
         print(f"udiff serve: warning: listening on {host} without --keys-file or --token-file: "
               "anyone who can reach this machine can use it", file=sys.stderr, flush=True)

@@ -15,6 +15,8 @@ import torch
 from ..errors import UdiffError
 from ..plugins.assembly import family
 from ..run.directory import Shared, complete_run
+from ..run.files import read_json
+from ..run.layout import RUN_FILE
 from ..sampling.guidance import valid_interval
 from ..sampling.pipeline import Pipeline
 from .schema import ApiError, GenerateRequest, Limits, Work
@@ -95,6 +97,12 @@ def check(dirs: list[str | Path]) -> list[Path]:
                              "is served under its folder name; rename one")
         names[name] = path
     return paths
+
+
+def label_names(paths: list[Path]) -> dict[str, list[str]]:
+    """Each run's label names from its run.json: what a keys file is checked against before
+    any model is loaded (its faults are one line, before anything is printed or listens)."""
+    return {p.resolve().name: read_json(p / RUN_FILE, "run")["labels"] for p in paths}
 
 
 def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
