@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..version import __version__
-from .contract import ROUTES, secure
+from .contract import request_body, routes, secure
 from .events import stream
 from .schema import ApiError, GenerateRequest
 from .service import Service
@@ -68,6 +68,10 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="udiff", version=__version__, description="Generate images for a label "
                   "from trained udiff runs; each key sees only its own runs, labels and jobs.")
     page = resources.files("udiff.serve").joinpath("page.html").read_text()
+    ROUTES = routes(request_body({n: (r.pipe.label_names, r.samplers())  # noqa: N806
+                                  for n, r in service.runs.items()}, service.limits))
+    for name, route in ROUTES.items():
+        route["operation_id"] = name  # what the 202's links name
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):

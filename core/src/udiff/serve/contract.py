@@ -124,30 +124,61 @@ def errors(*statuses: int) -> dict:
     return out
 
 
-BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+def request_body(runs: dict[str, tuple[list[str], list[str]]], limits: Limits) -> dict:
+    """The request schema of *this* server: ``runs`` (name -> (label names, samplers)) and the
+    limits as enums and bounds, so that a body the schema accepts is one the server serves --
+    but for what JSON Schema cannot say: labels x per_label <= max_images, and lo <= hi."""
+    schema = GenerateRequest.model_json_schema()
+    props = schema["properties"]
+    labels = sorted({name for names, _ in runs.values() for name in names})
+    top = max((len(names) for names, _ in runs.values()), default=1) - 1
+    props["run"]["anyOf"][0] = {"type": "string", "enum": sorted(runs)}
+    props["labels"]["items"] = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": top},
+                                          {"type": "string", "enum": labels}]}
+    props["labels"]["maxItems"] = props["per_label"]["maximum"] = limits.max_images
+    props["steps"]["anyOf"][0]["maximum"] = limits.max_steps
+    props["sampler"]["anyOf"][0] = {"type": "string", "enum": sorted(
+        {s for _, samplers in runs.values() for s in samplers})}
+    props["guidance"]["anyOf"][0]["maximum"] = limits.max_guidance
+    for item in props["guidance_interval"]["anyOf"][0]["prefixItems"]:
+        item.update(minimum=0, maximum=1)
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": schema}}}}
+
+
 SUBMIT = (400, 401, 403, 413, 422, 429, 503)
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-SSE = {"text/event-stream": {"schema": {"type": "string"}, "description":
-       "event: queued {position} ... progress {step, steps} ... then succeeded (the result), "
-       "failed {error} or cancelled {}."}}
-ROUTES = {
-    "healthz": {"responses": {}, "response_model": Health},
-    "readyz": {"responses": {503: {"model": NotReady, "description": "Loading or draining."},
-                             **errors(401)}, "response_model": Ready},
-    "runs": {"responses": errors(401), "response_model": RunList},
-    "generate": {"responses": {200: {"content": PNG, "description": "The result (JSON), or with "
-                                     "'Accept: image/png' one PNG grid."},
-                               **errors(*SUBMIT, 500)},
-                 "response_model": GenerateResult, "openapi_extra": BODY},
-    "submit": {"responses": {202: {"headers": {"Location": header("The job's URL.")}},
-                             **errors(*SUBMIT)},
-               "response_model": JobAccepted, "status_code": 202, "openapi_extra": BODY},
-    "job": {"responses": errors(401, 404, 422), "response_model": JobView},
-    "cancel": {"responses": errors(401, 404, 409, 422), "response_model": JobView},
-    "events": {"responses": {200: {"content": SSE, "description": "Server-Sent Events until the "
-                                   "job is final."}, **errors(401, 404, 422)}},
-}
+SSE = {"text/event-stream": {"schema": {  # before OpenAPI 3.2 `schema` describes each event
+    "type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string", "enum": ["queued", "progress", "succeeded", "failed",
+                                             "cancelled"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description":
+                 "queued: {position}; progress: {step, steps}; succeeded: the result (as "
+                 "GET /v1/jobs/{id} gives it); failed: {error}; cancelled: {}."}}}}}
+LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+         for name, op in (("job", "job"), ("cancel", "cancel"), ("events", "events"))}
+
+
+def routes(body: dict) -> dict[str, dict]:
+    """Each route's documented answers (FastAPI route keywords), ``body``: request_body()."""
+    return {
+        "healthz": {"responses": {}, "response_model": Health},
+        "readyz": {"responses": {503: {"model": NotReady, "description": "Loading or draining."},
+                                 **errors(401)}, "response_model": Ready},
+        "runs": {"responses": errors(401), "response_model": RunList},
+        "generate": {"responses": {200: {"content": PNG, "description": "The result (JSON), "
+                                         "or with 'Accept: image/png' one PNG grid."},
+                                   **errors(*SUBMIT, 500)},
+                     "response_model": GenerateResult, "openapi_extra": body},
+        "submit": {"responses": {202: {"headers": {"Location": header("The job's URL.")},
+                                       "links": LINKS, "description": "Accepted: queued."},
+                                 **errors(*SUBMIT)},
+                   "response_model": JobAccepted, "status_code": 202, "openapi_extra": body},
+        "job": {"responses": errors(401, 404, 422), "response_model": JobView},
+        "cancel": {"responses": errors(401, 404, 409, 422), "response_model": JobView},
+        "events": {"responses": {200: {"content": SSE, "description": "Server-Sent Events "
+                                       "until the job is final."}, **errors(401, 404, 422)}},
+    }
 
 
 def secure(schema: dict, open_paths: tuple[str, ...]) -> dict:

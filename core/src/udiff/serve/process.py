@@ -120,7 +120,7 @@ def serve(run_dirs: list[str], host: str, port: int, token_file: str | None, lim
     keys = load_keys(keys_file, token, served.label_names(paths))
     device = served.device_of(device)
     sock = bind(host, port)  # before loading: an occupied port fails fast
-    runs = served.load(paths, device)
+    runs = served.load(paths, device, limits)
     if host in ("0.0.0.0", "::") and keys is None:
         print(f"udiff serve: warning: listening on {host} without --keys-file or --token-file: "
               "anyone who can reach this machine can use it", file=sys.stderr, flush=True)

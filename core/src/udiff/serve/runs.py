@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UdiffError
+from ..plugins import registry
 from ..plugins.assembly import family
 from ..run.directory import Shared, complete_run
 from ..run.files import read_json
@@ -42,6 +43,12 @@ class ServedRun:
                 "lora": pipe.adapter is not None,
                 "defaults": {"steps": pipe.sampling.steps, "sampler": pipe.sampling.sampler,
                              "guidance": pipe.sampling.guidance}}  # as `udiff eval` samples
+
+    def samplers(self) -> list[str]:
+        """The registered schedulers of this run's objective family (what `sampler` may be)."""
+        own = family(self.pipe.scheduler_name)
+        return sorted(n for n, c in registry().components["scheduler"].items()
+                      if c.meta.family == own)
 
     def work(self, req: GenerateRequest, limits: Limits, allowed: frozenset[int] | None = None,
              key: str | None = None) -> Work:
@@ -105,18 +112,33 @@ def label_names(paths: list[Path]) -> dict[str, list[str]]:
     return {p.resolve().name: read_json(p / RUN_FILE, "run")["labels"] for p in paths}
 
 
-def load(dirs: list[str | Path], device: str = "cpu") -> dict[str, ServedRun]:
-    """Every run, loaded once, a line each as it loads."""
+def load(dirs: list[str | Path], device: str = "cpu",
+         limits: Limits | None = None) -> dict[str, ServedRun]:
+    """Every run, loaded once (and checked against ``limits``), a line each as it loads."""
     shared, runs = Shared(), {}
     for path in check(dirs):
         start = time.perf_counter()
         pipe = Pipeline.from_run(path, device, shared=shared)
         name, backbone = path.resolve().name, pipe.config.denoiser.name
         runs[name] = ServedRun(name, path, pipe, backbone)
+        if limits is not None:
+            check_limits(runs[name], limits)
         print(f"udiff serve: loaded {name} ({backbone}"
               f"{', LoRA on a shared base' if pipe.adapter else ''}) in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return runs
+
+
+def check_limits(run: ServedRun, limits: Limits) -> None:
+    """A run whose own default the limits refuse would answer 422 to a request that leaves the
+    field out: one line at startup instead."""
+    spec = run.pipe.sampling
+    if spec.steps > limits.max_steps:
+        raise UdiffError(f"--max-steps {limits.max_steps} is below the default of run {run.name!r}: "
+                         f"{spec.steps} steps; raise it")
+    if spec.guidance > limits.max_guidance:
+        raise UdiffError(f"run {run.name!r}'s default guidance {spec.guidance} is over the "
+                         f"server's limit {limits.max_guidance}")
 
 
 def warm_up(runs: dict[str, ServedRun]) -> None:

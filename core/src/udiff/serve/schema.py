@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ..sampling.spec import SamplingSpec
 
@@ -26,8 +26,20 @@ class Limits(BaseModel):
     max_finished_jobs: int = Field(1000, ge=1, description="Finished jobs kept at most.")
 
 
+def whole(value):
+    """JSON Schema's integer is a number without a fraction: 3.0 is one (true and "3" are not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds):
+    """A JSON integer within ``bounds`` (the validator last: pydantic then writes the bounds
+    into the JSON schema as minimum/maximum)."""
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(whole)]
+
+
 Name = Annotated[StrictStr, Field(min_length=1, max_length=256)]  # "" is never a name
-Index = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+Index = integer(ge=0, lt=2**31)
+SEED_MAX = 2**53 - 1  # exact as a JSON number in every client (and a schema validator's float)
 
 
 class GenerateRequest(BaseModel):
@@ -40,9 +52,9 @@ class GenerateRequest(BaseModel):
                              "the key (or the server) has one run.")
     labels: list[Index | Name] = Field(min_length=1, max_length=256,
                                        description="Label indices or names.")
-    per_label: StrictInt = Field(1, ge=1, le=2**16, description="Images per label.")
-    steps: StrictInt | None = Field(None, ge=1, le=2**16,
-                                    description="Sampling steps (default: the run's).")
+    per_label: integer(ge=1, le=2**16) = Field(1, description="Images per label.")
+    steps: integer(ge=1, le=2**16) | None = Field(
+        None, description="Sampling steps (default: the run's).")
     sampler: Name | None = Field(None, description="A scheduler of the run's objective family.")
     guidance: StrictFloat | None = Field(None, ge=0, le=1e6,
                                          description="Classifier-free guidance (1 = off).")
@@ -53,8 +65,8 @@ class GenerateRequest(BaseModel):
                                                  "guided prediction's std toward the "
                                                  "conditional one's (0 = off); default: the "
                                                  "run's.")
-    seed: StrictInt | None = Field(None, ge=0, lt=2**63, description="Seed of the initial "
-                                   "noise; absent: a random one, echoed back.")
+    seed: integer(ge=0, le=SEED_MAX) | None = Field(
+        None, description="Seed of the initial noise; absent: a random one, echoed back.")
 
 
 @dataclass(frozen=True)
