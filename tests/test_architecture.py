@@ -17,7 +17,7 @@ ROOT = Path(udiff.__file__).parent
 LAYERS = [
     ("base", ["udiff.errors", "udiff.version", "udiff.hookspecs", "udiff.context", "udiff.config",
               "udiff.data", "udiff.data_report", "udiff.fontset", "udiff.images",
-              "udiff.scheduler_base", "udiff.machine"]),
+              "udiff.scheduler_base", "udiff.machine", "udiff.client"]),
     ("plugins", ["udiff.plugins", "udiff.builtins", "udiff.weights.pretrained"]),
     ("weights", ["udiff.weights"]),
     ("run", ["udiff.run"]),

@@ -158,7 +158,8 @@ FLAGS = {
 ADDED = {"train": "--grace-seconds --validate-per-label --holdout --early-stop "
                   "--early-stop-metric --no-estimate",  # 29: validation, early stop, the probe
          "sample": "--guidance-interval --guidance-rescale",  # 19
-         "eval": "--guidance-interval --guidance-rescale"}
+         "eval": "--guidance-interval --guidance-rescale",
+         "serve": "--keys-file --audit-log --audit-max-bytes"}  # 31: keys, the audit log
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
                 "--max-images --device --grace-seconds",
        "distill": "run_dir --steps --guidance --pairs --lora-rank --lora-targets --max-steps "
@@ -169,12 +170,15 @@ NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-qu
        "compare": "--data --out --backbones --budget-steps --budget-minutes --seeds --preset "
                   "--per-label --autoencoder --config --target-memory --target-image-size "
                   "--target-batch --target-precision --target-checkpointing --resume "
-                  "--plan-only --collect"}  # 30
+                  "--plan-only --collect",  # 30
+       "keys": "keys"}  # 31: its sub-commands (KEYS)
 # `udiff bench`'s sub-commands (issue 28), each with the flags it had as a target (17, 19, 20).
 BENCH = {"perf": "--backbones --preset --batches --quick --device --strict --out --overwrite",
          "serve": "run_dir --concurrency --seconds --quick --strict --out --overwrite",
          "guidance": "run_dirs --scales --intervals --per-label --out --overwrite",
          "distill": "run_dirs --per-label --out --overwrite"}
+KEYS = {"add": "name --file --runs --labels --requests-per-minute --images-per-day",  # 31
+        "remove": "name --file", "list": "--file"}
 
 
 def test_every_command_keeps_its_flags_and_each_has_help():
@@ -199,6 +203,10 @@ def test_every_command_keeps_its_flags_and_each_has_help():
     assert set(bench.choices) == set(BENCH)
     for name, parser in bench.choices.items():
         check(parser, BENCH[name], f"bench {name}")
+    keys = commands(sub.choices["keys"])
+    assert set(keys.choices) == set(KEYS)
+    for name, parser in keys.choices.items():
+        check(parser, KEYS[name], f"keys {name}")
 
 
 def test_flag_help_and_defaults_come_from_the_config():

@@ -119,6 +119,9 @@ def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
     assert all(p["requests"] > 0 and p["status_503"] == 0 for ps in result["points"].values()
                for p in ps)
     assert "| batching | 4 |" in (out / "serve.md").read_text()
+    keys = result["keys"]  # the same work through a keyed server: every request audited
+    assert keys["keys"] == 11 and keys["ratio"] == result["ratios"]["keys_latency_ratio_c1"]
+    assert keys["audit_lines"] > 0 and keys["keyed_ms"] > 0 and 0 < keys["key_path_ms"] < 50
     assert (out / "serve.png").read_bytes().startswith(b"\x89PNG")
     assert "udiff bench serve: no batching, concurrency 4" in err  # progress, a line per point
     cli.fails("bench", "serve", "--out", tmp_path / "x", match="required: RUN_DIR")
