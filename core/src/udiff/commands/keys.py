@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     add.add_argument("--images-per-day", type=int, metavar="N",
                      help="at most N images a UTC day (then 429)")
     remove = sub.add_parser("remove", help="drop a key (the file is rewritten)")
-    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("name", metavar="NAME", help="the key to drop")
     file(remove)
     file(sub.add_parser("list", help="the keys: name, scope, quotas (never a secret)"))
 
