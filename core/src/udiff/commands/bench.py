@@ -12,9 +12,9 @@ EXTRA = "udiff-core[bench]"
 
 
 def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="bench", required=True, metavar="perf|serve|guidance|distill",
-                           help="what to benchmark",
-                           parser_class=type(p))
+    from .flags import subcommands
+
+    sub = subcommands(p, "bench", "perf|serve|guidance|distill", "what to benchmark")
     perf = sub.add_parser("perf", help="every installed backbone under pytest-benchmark: speed, "
                           f"memory, quality, ratios (needs {EXTRA})")
     perf.add_argument("--backbones", metavar="LIST",

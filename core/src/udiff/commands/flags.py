@@ -151,3 +151,10 @@ def overrides(args: argparse.Namespace, flags: tuple[Flag, ...]) -> dict[str, An
         if not out["denoiser"]["lora"]:
             out["denoiser"].pop("lora")
     return out
+
+
+def subcommands(p: argparse.ArgumentParser, dest: str, names: str, help: str):
+    """A command's required sub-commands (``names``: "a|b|c"), parsed with the command's parser
+    class (its one-line errors)."""
+    return p.add_subparsers(dest=dest, required=True, metavar=names, help=help,
+                            parser_class=type(p))

@@ -9,9 +9,9 @@ HELP = "API keys for udiff serve --keys-file: add (prints the secret once), remo
 
 
 def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="keys", required=True, metavar="add|remove|list",
-                           help="what to do with the keys file",
-                           parser_class=type(p))
+    from .flags import subcommands
+
+    sub = subcommands(p, "keys", "add|remove|list", "what to do with the keys file")
     add = sub.add_parser("add", help="a new key: its secret is printed once, its hash appended")
     add.add_argument("name", metavar="NAME", help="the key's name (the audit log's 'key')")
     file(add)
