@@ -13,8 +13,9 @@ from udiff import plugins
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", [
-    "unet",  # the README's command: in the suite
-    pytest.param("dit", marks=pytest.mark.acceptance),  # after the suite (.ci/run)
+    # ~3 min each, so after the suite (.ci/run): the suite's 15 minutes hold the rest
+    pytest.param("unet", marks=pytest.mark.acceptance),  # the README's command
+    pytest.param("dit", marks=pytest.mark.acceptance),
     pytest.param("flux", marks=pytest.mark.acceptance),
 ])
 def test_demo_meets_target(tmp_path, backbone):

@@ -220,3 +220,18 @@ def test_keys_commands_bad_input_and_list(cli, tmp_path):
     assert keys.read_bytes() == before
     code, out, _ = cli("keys", "list", "--file", keys)
     assert code == 0 and out.split("\t")[:2] == ["u07", "u07: 7, seven"] and "sha" not in out
+
+
+def test_the_audit_log_rotates_by_size_and_keeps_every_line(tmp_path):
+    from udiff.serve.audit import AuditLog
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=4096, keep=3)
+    for i in range(200):  # ~150 bytes a line: several rotations
+        log.write(key="u07", run="u07", labels=[7], images=1, seed=i, status=200, ms=1.0)
+    log.close()
+    files = [path, *(path.with_name(f"audit.jsonl.{i}") for i in (1, 2, 3))]
+    assert all(f.exists() and f.stat().st_size <= 4096 for f in files)
+    assert not path.with_name("audit.jsonl.4").exists()  # at most `keep` rotated files
+    seeds = [json.loads(x)["seed"] for f in reversed(files) for x in f.read_text().splitlines()]
+    assert seeds == list(range(200 - len(seeds), 200))  # the newest lines, in order, none torn
