@@ -63,6 +63,7 @@ def test_memory_probe_sees_the_batch():
     assert 0 < small["train"] < large["train"] and small["sample"] < large["sample"]
 
 
+@pytest.mark.acceptance  # ~40 s: after the suite (.ci/run), beside bench --quick
 def test_suite_runs_from_the_package_and_report_reads_it(tmp_path):
     ini = tmp_path / "pytest.ini"
     ini.write_text("[pytest]\n")

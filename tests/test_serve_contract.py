@@ -20,7 +20,7 @@ from udiff.serve.loadtest import start_server
 
 pytest.importorskip("fastapi")
 CONTRACT = Path(__file__).parent / "contract"
-SECONDS = 60  # the fuzzer's budget (it stops generating then; .ci/run's share of the wall)
+SECONDS = 30  # the fuzzer's budget (it stops generating then; .ci/run's share of the wall)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(server, t
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     generated = int(re.search(r"(\d+) generated", out).group(1))
-    assert generated > 500, out[-3000:]  # it reached the operations, not just the schema
+    assert generated > 300, out[-3000:]  # it reached the operations, not just the schema
     assert re.search(r"Tested: 8", out), out[-3000:]  # every operation
     keep = os.environ.get("UDIFF_KEEP_RESULTS")
     if keep:

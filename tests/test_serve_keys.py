@@ -125,7 +125,9 @@ def test_31_keys_see_only_their_own_label_and_jobs(keyed):
     # revocation: drop u00..u04 from the file, SIGHUP; a broken file on SIGHUP keeps the keys
     for name in names[:5]:
         assert main(["keys", "remove", name, "--file", str(keys)]) == 0
+    in_flight = clients["u10"].submit([10], steps=100, guidance=2.0)  # accepted before the reload
     hup(proc, "reloaded")
+    assert clients["u10"].wait(in_flight).labels == [10]  # ... and not dropped by it
     for name in names[:5]:
         with pytest.raises(Unauthorized):
             clients[name].runs()

@@ -106,6 +106,7 @@ def test_sigterm_drains_accepted_work_and_exits_0(tiny_run, tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.acceptance  # ~55 s, three server processes: after the suite (.ci/run)
 def test_bench_serve_measures_a_real_server(cli, tiny_run, tmp_path):
     out = tmp_path / "bench"
     code, stdout, err = cli("bench", "serve", tiny_run, "--quick", "--concurrency", "1,4",
