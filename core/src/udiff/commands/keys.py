@@ -56,14 +56,13 @@ def read(path) -> list[dict]:
 
 
 def add(args) -> int:
-    import re
     from pathlib import Path
 
     from ..errors import UdiffError
     from ..run.files import atomic_write
-    from ..serve.keys import digest, entry_toml, new_secret
+    from ..serve.keys import HEADER, KEY_NAME, digest, entry_toml, new_secret
 
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.name):
+    if not KEY_NAME.fullmatch(args.name):
         raise UdiffError(f"NAME {args.name!r}: 1-64 letters, digits, '.', '_' or '-'")
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     if not runs:
@@ -84,8 +83,7 @@ def add(args) -> int:
     entry = entry_toml(args.name, digest(secret), {r: "*" if labels is None else labels
                                                    for r in runs},
                        args.requests_per_minute, args.images_per_day)
-    old = path.read_text() if path.exists() else ("# udiff serve --keys-file: each key's "
-                                                  "SHA-256, never its secret\n")
+    old = path.read_text() if path.exists() else HEADER
     atomic_write(path, lambda p: p.write_text(old.rstrip("\n") + "\n\n" + entry))
     print(secret)  # the only time it is shown
     import sys
@@ -100,14 +98,14 @@ def remove(args) -> int:
 
     from ..errors import UdiffError
     from ..run.files import atomic_write
-    from ..serve.keys import entry_toml
+    from ..serve.keys import HEADER, entry_toml
 
     entries = read(args.file)
     if not any(e.get("name") == args.name for e in entries):
         raise UdiffError(f"no key {args.name!r} in {args.file}")
     kept = [entry_toml(e["name"], e["sha256"], e.get("runs", {}), e.get("requests_per_minute"),
                        e.get("images_per_day")) for e in entries if e.get("name") != args.name]
-    text = "# udiff serve --keys-file: each key's SHA-256, never its secret\n\n" + "\n".join(kept)
+    text = HEADER + "\n" + "\n".join(kept)
     atomic_write(Path(args.file), lambda p: p.write_text(text))
     print(f"udiff keys: removed {args.name!r} from {args.file} ({len(kept)} left); send the "
           "server SIGHUP to refuse it from now on")

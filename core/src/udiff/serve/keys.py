@@ -27,6 +27,8 @@ from ..errors import UdiffError
 PREFIX = "udiff_"  # every secret udiff makes starts so: a file that holds one is refused
 SECRET = re.compile(rf"^{PREFIX}[A-Za-z0-9_-]{{20,}}$")
 HEX = re.compile(r"^[0-9a-f]{64}$")
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the audit log's "key": no secret, no spaces
+HEADER = "# udiff serve --keys-file: each key's SHA-256, never its secret\n"
 FIELDS = {"name", "sha256", "runs", "requests_per_minute", "images_per_day"}
 ALL = "*"  # every label of a run
 
@@ -117,7 +119,7 @@ def parse(entry: dict, where: str, runs: dict[str, list[str]]) -> Key:
         raise UdiffError(f"{where}: unknown field {unknown[0]!r} (fields: "
                          f"{', '.join(sorted(FIELDS))})")
     name = entry.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
         raise UdiffError(f"{where}: name must be 1-64 letters, digits, '.', '_' or '-'")
     sha = entry.get("sha256")
     if not isinstance(sha, str) or not HEX.match(sha):
