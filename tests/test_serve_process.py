@@ -30,6 +30,7 @@ def test_cli_errors_are_one_line_before_listening(cli, tiny_run, tmp_path):
     (tampered / "denoiser" / "model.safetensors").write_bytes(b"\x00" * 64)
     cli.fails("serve", tampered, "--port", "0", match="cannot load weights")
     cli.fails("serve", tiny_run, "--max-queue", "0", match="--max-queue")
+    cli.fails("serve", tiny_run, "--audit-max-bytes", "10", match="--audit-max-bytes 10")
     cli.fails("serve", tiny_run, "--max-steps", "10", "--port", "0",
               match="--max-steps 10 is below the default of run 'tiny': 50 steps")
     blocker = __import__("socket").socket()
