@@ -97,6 +97,14 @@ class TrainingConfig(Strict):
                                        "stage 1 never trains on; its PSNR/SSIM are reported.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = Field(
+        "adamw", description="The denoiser's optimizer: torch's AdamW; adamw8bit: bitsandbytes' "
+        "8-bit AdamW (about a quarter of the state's bytes); paged_adamw8bit: its state paged "
+        "to host memory on CUDA (offload). The 8-bit ones need the lowmem extra.")
+    base_precision: Literal["fp32", "bf16", "int8", "fp8"] = Field(
+        "fp32", description="How a LoRA run's frozen base is stored: int8 or fp8 weight-only "
+        "(optimum-quanto; the lowmem extra) or bf16 (with --mixed-precision bf16); the adapters "
+        "stay fp32.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the denoiser; 0 = off.")
     offset_noise: float = Field(0.0, ge=0, le=1, description="Offset noise: a per-sample, "
                                 "per-channel constant of this scale added to the noise (0.1 is "

@@ -23,7 +23,7 @@ from ..sampling import Pipeline
 from ..sampling.spec import SamplingSpec, family_sampler
 from ..training.objective import Draws
 from ..training.step import DenoiserTraining
-from ..weights import lora
+from ..weights import lora, quantize
 
 LABELS = 10
 
@@ -44,12 +44,16 @@ class Case:
     lora_rank: int = 0  # > 0: peft LoRA adapters on the attention projections, base frozen
     latent_channels: int = 4
     labels: int = LABELS
+    optimizer: str = "adamw"  # training.optimizer: adamw, adamw8bit, paged_adamw8bit
+    base_precision: str = "fp32"  # a LoRA base stored as fp32, bf16, int8 or fp8
 
     @property
     def id(self) -> str:
         ckpt = "-ckpt" if self.gradient_checkpointing else ""
         lora = f"-lora{self.lora_rank}" if self.lora_rank else ""
-        return f"{self.backbone}-{self.preset}-b{self.batch}{ckpt}{lora}"
+        opt = "" if self.optimizer == "adamw" else f"-{self.optimizer}"
+        base = "" if self.base_precision == "fp32" else f"-{self.base_precision}"
+        return f"{self.backbone}-{self.preset}-b{self.batch}{ckpt}{lora}{base}{opt}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +77,11 @@ def built(case: Case, seed: int = 0, scheduler=None):
     torch.manual_seed(seed)
     comp = plugins.get("denoiser", case.backbone)
     part = Part(comp, comp.make_config(case.preset))
-    make = (lambda c: lora.add(part.build(c), case.lora_rank, None,
-                               lora.targets(comp, ["attention"]))) if case.lora_rank else part.build
+    # a LoRA base built layer by layer at its precision (quantize.build_frozen): its fp32 copy
+    # never exists whole, as when a run reads its base into the device
+    make = (lambda c: lora.add(quantize.build_frozen(lambda: part.build(c), case.base_precision),
+                               case.lora_rank, None, lora.targets(comp, ["attention"]))
+            ) if case.lora_rank else part.build
     lab, sched = plugins.get("conditioner", "label"), plugins.get("scheduler", case.scheduler)
     stack = assemble(context(case), make, Part(lab, lab.make_config()).build,
                      (lambda _: scheduler) if scheduler else Part(sched, sched.make_config()).build)
@@ -102,7 +109,8 @@ def accelerator(case: Case) -> Accelerator:
 def training(case: Case, seed: int = 0) -> DenoiserTraining:
     """udiff's stage-2 step object for the case (AdamW, warm-up, clipping, EMA)."""
     denoiser, conditioner, scheduler = modules(case, seed)
-    t = TrainingConfig(gradient_checkpointing=case.gradient_checkpointing, ema_decay=0.999)
+    t = TrainingConfig(gradient_checkpointing=case.gradient_checkpointing, ema_decay=0.999,
+                       optimizer=case.optimizer)
     return DenoiserTraining(accelerator(case), denoiser, conditioner, scheduler, t)
 
 

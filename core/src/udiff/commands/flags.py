@@ -49,7 +49,8 @@ TRAIN_FLAGS = (
     Flag("--init-from", "denoiser.init_from", "PATH"),
     Flag("--lora-rank", "denoiser.lora.rank", "R"),
     Flag("--lora-targets", "denoiser.lora.targets", "LIST"),
-    *training("max_steps", "autoencoder_steps", "batch_size", "lr", "mixed_precision",
+    *training("max_steps", "autoencoder_steps", "batch_size", "lr", "optimizer", "base_precision",
+              "mixed_precision",
               "gradient_checkpointing", "compile", "attention", "device", "seed",
               "checkpoint_every", "keep_checkpoints", "grace_seconds", "max_nonfinite",
               "validate_every", "validate_per_label", "holdout", "early_stop",
@@ -60,7 +61,8 @@ TRAIN_FLAGS = (
 DISTILL_FLAGS = (
     Flag("--lora-rank", "denoiser.lora.rank", "R"),
     Flag("--lora-targets", "denoiser.lora.targets", "LIST"),
-    *training("max_steps", "batch_size", "lr", "mixed_precision", "compile", "attention",
+    *training("max_steps", "batch_size", "lr", "optimizer", "base_precision", "mixed_precision",
+              "compile", "attention",
               "device", "seed", "checkpoint_every", "keep_checkpoints", "grace_seconds",
               "max_nonfinite", "log_with"),
 )

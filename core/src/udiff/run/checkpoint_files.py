@@ -63,15 +63,28 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def optimizer_state(opt, keep: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-    """Whole tensors (gathered when sharded: collective) + JSON; kept where ``keep``."""
+    """Whole tensors (gathered when sharded: collective) + JSON; kept where ``keep``. Nested
+    state (bitsandbytes keeps its 8-bit moments in a dict per parameter) is flattened to dotted
+    keys: ``<pid>.<key>[.<key>...]``."""
     sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
+    tensors, scalars, seen = {}, {}, set()
+
+    def flatten(prefix: str, state: dict) -> None:
         for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = whole(value, keep)
+            if isinstance(value, dict):
+                flatten(f"{prefix}.{key}", value)
+            elif torch.is_tensor(value):
+                value = whole(value, keep)
+                if value is not None and value.untyped_storage().data_ptr() in seen:
+                    value = value.clone()  # bitsandbytes' code tables are shared: safetensors
+                if value is not None:  # stores each tensor once
+                    seen.add(value.untyped_storage().data_ptr())
+                tensors[f"{prefix}.{key}"] = value
             else:
-                scalars[f"{pid}.{key}"] = value
+                scalars[f"{prefix}.{key}"] = value
+
+    for pid, state in sd["state"].items():
+        flatten(str(pid), state)
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
@@ -79,10 +92,13 @@ def set_optimizer_state(opt, tensors: dict[str, torch.Tensor], meta: dict) -> No
     params = [p for group in opt.param_groups for p in group["params"]]  # state's pid order
     state: dict[int, dict[str, Any]] = {}
     for flat, value in [*tensors.items(), *meta["scalars"].items()]:
-        pid, key = flat.split(".", 1)
-        if torch.is_tensor(value) and value.ndim:  # moments: sharded like their parameter
-            value = like(value, params[int(pid)])
-        state.setdefault(int(pid), {})[key] = value
+        pid, *path = flat.split(".")
+        if torch.is_tensor(value) and value.ndim and len(path) == 1:  # moments: sharded like
+            value = like(value, params[int(pid)])  # their parameter (torch's AdamW's only)
+        node = state.setdefault(int(pid), {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -185,10 +201,14 @@ class CheckpointFiles:
         try:
             for key, module in modules.items():
                 file = str(path / f"{key}.safetensors")
+                frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
                 if is_sharded(module):
                     load_whole_state(module, safetensors.torch.load_file(file))
                 else:
                     safetensors.torch.load_model(module, file)
+                for n, p in module.named_parameters():  # a quantized base's layers load new
+                    if n in frozen:  # Parameters (optimum-quanto): frozen as before
+                        p.requires_grad_(False)
             opt_t = safetensors.torch.load_file(str(path / "optimizer.safetensors")) if (
                 path / "optimizer.safetensors").exists() else {}
             set_optimizer_state(optimizer, opt_t, json.loads((path / "optimizer.json").read_text()))

@@ -17,7 +17,7 @@ from .. import plugins
 from ..errors import UdiffError
 from ..plugins import Component
 from ..version import __version__
-from ..weights import lora, pretrained
+from ..weights import lora, pretrained, quantize
 from .files import atomic_write, read_json, write_json
 from .layout import ADAPTER, COMPONENT_CONFIG, CONFIG, RUN_FILE, WEIGHTS
 
@@ -104,25 +104,27 @@ def base_state(comp: Component, base: Path, config, context) -> dict:
 
 
 def load_component(folder: Path, role: str, context, shared: Shared | None = None,
-                   ) -> tuple[nn.Module, dict]:
+                   base_precision: str | None = None) -> tuple[nn.Module, dict]:
     """The saved component, built and loaded; with ``shared``, a module already loaded with the
     same weights is reused, and a LoRA run's adapter is added to its base under a new name
-    (``meta["adapter"]``)."""
+    (``meta["adapter"]``). A LoRA base is stored as the run trained it (``--base-precision``)
+    unless ``base_precision`` says otherwise (export merges into the fp32 base)."""
     comp, config, meta = component_of(folder, role)
     key = (role, comp.name, json.dumps(config.model_dump(mode="json"), sort_keys=True))
     if meta.get("lora"):  # the base again (checked to be the same), then the adapter
         lora.check_base(meta)
         base = meta["lora"]["base"]["path"]
+        precision = base_precision or meta["lora"].get("base_precision", "fp32")
 
         def make_base():
             module = comp.build(config, context)
             pretrained.load_strict(module, base_state(comp, Path(base), config, context),
                                    Path(base))
-            return module
+            return quantize.for_inference(module, precision)
 
         name = shared.adapter_name() if shared else lora.DEFAULT
-        module = shared.get((*key, meta["lora"]["base"]["sha256"]), make_base) if shared \
-            else make_base()
+        module = shared.get((*key, meta["lora"]["base"]["sha256"], precision), make_base) \
+            if shared else make_base()
         module = lora.add(module, meta["lora"]["rank"], meta["lora"]["alpha"],
                           meta["lora"]["modules"], name=name)
         load_weights(module, folder / ADAPTER, only=lora.adapter_state(module, name), name=name)

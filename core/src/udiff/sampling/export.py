@@ -15,7 +15,7 @@ import diffusers
 
 from ..errors import UdiffError
 from ..plugins.contract import AutoencoderExport, DenoiserExport
-from ..run.directory import component_of
+from ..run.directory import component_of, load_component
 from ..run.files import prepare_out, read_json
 from ..run.layout import COMPONENT_CONFIG
 from ..weights.lora import merged_state
@@ -66,8 +66,15 @@ def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None
 
 
 def merged(pipe, meta):
-    """A plain denoiser (no adapter modules) holding base + adapter, as export needs."""
+    """A plain denoiser (no adapter modules) holding base + adapter, as export needs. The
+    adapter folds into the base as its file holds it, in fp32, whatever ``--base-precision``
+    the run trained with: merging into dequantized int8/fp8 weights would write their rounding
+    error into every weight of the export."""
     comp, config, _ = component_of(pipe.run_dir / "denoiser", "denoiser")
+    adapted = pipe.denoiser
+    if meta["lora"].get("base_precision", "fp32") != "fp32":
+        adapted, _ = load_component(pipe.run_dir / "denoiser", "denoiser", pipe.context,
+                                    base_precision="fp32")
     plain = comp.build(config, pipe.context)
-    plain.load_state_dict(merged_state(pipe.denoiser))
+    plain.load_state_dict(merged_state(adapted))
     return plain.eval()

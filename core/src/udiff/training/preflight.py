@@ -19,7 +19,8 @@ from ..errors import UdiffError
 from ..plugins.assembly import Part, assemble, scheduler_choice
 from ..run.directory import component_of, load_component
 from ..run.files import prepare_out
-from ..weights import lora, pretrained
+from ..weights import lora, pretrained, quantize
+from . import optimizers
 from .checkpoint_policy import refuse_stopped
 from .objective import check_prediction
 from .setup import check_batches, require_attention, require_tracker, say
@@ -58,6 +59,7 @@ def check(cfg: TrainConfig, out: Path, overwrite: bool, resume: bool, processes:
         say(report["summary"])
     check_batches(cfg.training, processes)
     check_validation(cfg.training)
+    check_memory_options(cfg)
     ctx = Context(image_channels=data.images.shape[1], image_size=cfg.data.image_size,
                   num_labels=len(data.label_names))
     plan = Plan(data, ctx, parts["autoencoder"], parts["denoiser"], parts["conditioner"], scheduler,
@@ -83,6 +85,27 @@ def check_validation(t) -> None:
     if t.early_stop and t.holdout == 0 and t.early_stop_metric != "accuracy":
         raise UdiffError(f"--early-stop-metric {t.early_stop_metric} is measured on held-out "
                          "images: give --holdout above 0 (or watch accuracy)")
+
+
+def check_memory_options(cfg: TrainConfig) -> None:
+    """--optimizer and --base-precision: their library installed, and a base to store."""
+    t = cfg.training
+    optimizers.require(t.optimizer)
+    if t.optimizer != "adamw" and t.fsdp:
+        raise UdiffError(f"--optimizer {t.optimizer} does not shard its 8-bit state: with "
+                         "--fsdp use --optimizer adamw")
+    if t.base_precision != "fp32":
+        if not cfg.denoiser.lora:
+            raise UdiffError(f"--base-precision {t.base_precision} stores a frozen base: it needs "
+                             "a LoRA run (--lora-rank R --init-from PATH); a full fine-tune "
+                             "trains every weight in fp32")
+        if t.base_precision == "bf16" and t.mixed_precision != "bf16":
+            raise UdiffError("--base-precision bf16 computes the base in bf16: add "
+                             "--mixed-precision bf16")
+        if t.fsdp:
+            raise UdiffError(f"--base-precision {t.base_precision} with --fsdp: FSDP shards "
+                             "fp32 weights; train the quantized base with DDP")
+        quantize.require(t.base_precision)
 
 
 def held_out(cfg: TrainConfig, data: datasets.LabelledImages) -> datasets.Splits:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import UdiffError
 from ..plugins.contract import GradientCheckpointing
-from . import objective
+from . import objective, optimizers
 from .objective import Denoising, Draws
 from .setup import prepare, set_attention
 
@@ -35,7 +35,7 @@ class EMA:
 
 
 class DenoiserTraining:
-    """Stage 2's state (modules, AdamW, warm-up, EMA) and one optimizer step through accelerate.
+    """Stage 2's state (modules, the optimizer, warm-up, EMA) and one optimizer step through accelerate.
 
     The trainer's loop and the benchmark harness both drive :meth:`step`, so what the benchmark
     times is exactly what training runs."""
@@ -55,7 +55,7 @@ class DenoiserTraining:
         self.accelerator, self.scheduler = accelerator, scheduler
         trained = [p for mod in (denoiser, conditioner) for p in mod.parameters()
                    if p.requires_grad]
-        opt = torch.optim.AdamW(trained, lr=t.lr, weight_decay=t.weight_decay)
+        opt = optimizers.make(t.optimizer, trained, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         # A DDP-wrapped model shares its parameters with the originals; FSDP replaces them (in

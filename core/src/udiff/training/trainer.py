@@ -25,7 +25,7 @@ from ..run.lock import RunLock
 from ..sampling import Pipeline
 from ..sampling.spec import run_spec
 from ..version import __version__
-from ..weights import lora, sharding
+from ..weights import lora, quantize, sharding
 from . import planning, preflight, stages
 from .checkpoint_policy import CheckpointPolicy
 from .estimate import estimate
@@ -112,7 +112,10 @@ class Trainer:
         # the stack: the source's starting weights (or fresh ones), LoRA adapters on top
         set_seed(cfg.training.seed + 1)
         init, lo = source.initial(), cfg.denoiser.lora
-        adapted = (lambda m: lora.add(m, lo.rank, lo.alpha,
+        # the frozen base stored at --base-precision (on the CPU: the device only ever sees it
+        # so), then fp32 adapters on top
+        adapted = (lambda m: lora.add(quantize.freeze_base(m, cfg.training.base_precision),
+                                      lo.rank, lo.alpha,
                                       lora.targets(plan.denoiser.component, lo.targets))
                    ) if lo else (lambda m: m)
         initial = (lambda _: init["module"]) if init else plan.denoiser.build
@@ -211,7 +214,8 @@ class Trainer:
             return save_component(folder, comp, config, denoiser, **extra)
         extra["lora"] = den.lora.model_dump() | {
             "modules": lora.targets(comp, den.lora.targets),
-            "base": {"path": extra["init_from"], "sha256": lora.fingerprint(den.init_from)}}
+            "base": {"path": extra["init_from"], "sha256": lora.fingerprint(den.init_from)},
+            "base_precision": self.cfg.training.base_precision}
         size = save_adapter(denoiser, folder)
         save_component(folder, comp, config, None, **extra)
         say(f"LoRA adapter: {size / 1e6:.2f} MB in {folder / ADAPTER}")
