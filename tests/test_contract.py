@@ -156,10 +156,12 @@ FLAGS = {
 }
 # Flags added since, each by an issue that asked for it (17: serve, bench serve).
 ADDED = {"train": "--grace-seconds --validate-per-label --holdout --early-stop "
-                  "--early-stop-metric --no-estimate",  # 29: validation, early stop, the probe
+                  "--early-stop-metric --no-estimate "  # 29: validation, early stop, the probe
+                  "--optimizer --base-precision",  # 32: the memory options
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale",
-         "serve": "--keys-file --audit-log --audit-max-bytes"}  # 31: keys, the audit log
+         "serve": "--keys-file --audit-log --audit-max-bytes",  # 31: keys, the audit log
+         "distill": "--optimizer --base-precision"}  # 32
 NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-queue --max-steps "
                 "--max-images --device --grace-seconds",
        "distill": "run_dir --steps --guidance --pairs --lora-rank --lora-targets --max-steps "

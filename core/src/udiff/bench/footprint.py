@@ -18,6 +18,7 @@ the measurement the estimate is held to (tests/test_compare.py, ``udiff compare`
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 import weakref
 from dataclasses import dataclass, replace
@@ -27,8 +28,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .. import plugins
+from ..training import optimizers
 from ..training.objective import Denoising, Draws, objective_loss
 from ..training.step import EMA
+from ..weights import lora
 from .cases import Case, batch, built, training, training_scheduler
 
 STEPS = 2  # the first creates AdamW's moments; the second runs with them live
@@ -99,7 +103,65 @@ def _nbytes(tensors) -> int:
 
 
 def estimate(case: Case, seed: int = 0) -> Footprint:
-    """The peak live tensor bytes of ``case``'s training, allocating nothing."""
+    """The peak live tensor bytes of ``case``'s training, allocating nothing. The memory
+    options are counted from the fp32 AdamW step: the optimizer's state as
+    :func:`udiff.training.optimizers.on_device_bytes` gives it (8-bit: counted the way
+    bitsandbytes allocates; paged: none on the device), and a frozen base's Linear and Conv2d
+    weights at 1 byte (int8, fp8: plus an fp32 scale per output channel) or 2 (bf16) instead of
+    4, with one layer's fp32 weight back for the moment it is dequantized. Both are live through
+    the whole step, so the peak moves by what they save."""
+    full, trained, layers, _ = estimate_fp32(
+        replace(case, optimizer="adamw", base_precision="fp32", lora_rank=0), seed)
+    frozen_numel = 0
+    if case.lora_rank:  # from the full fine-tune's step: see lora_footprint
+        full, trained, layers, frozen_numel = lora_footprint(full, case, layers)
+    optimizer = optimizers.on_device_bytes(case.optimizer, trained)
+    weights = full.parameters - _frozen_saving(layers, frozen_numel, case.base_precision)
+    saved = full.optimizer - optimizer + full.parameters - weights
+    return replace(full, peak=full.peak - saved, parameters=weights, optimizer=optimizer)
+
+
+def lora_footprint(full: Footprint, case: Case, layers: list[tuple]):
+    """A LoRA step's footprint from the full fine-tune's: the base's gradients, AdamW moments and
+    EMA copy go, the adapters' (rank x (in + out) per adapted Linear) come; the activations are
+    the full step's, an upper bound (a frozen layer's backward keeps no input for its weight's
+    gradient). peft's adapters cannot be built on fake tensors, hence the count. -> (footprint,
+    trained sizes, frozen layer shapes, frozen parameter count)."""
+    with torch.device("meta"):
+        denoiser, conditioner, _ = built(replace(case, device="meta", lora_rank=0))
+    targets = lora.targets(plugins.get("denoiser", case.backbone), ["attention"])
+    adapted = {name for name, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear)
+               and any(name == t or name.endswith("." + t) for t in targets)}
+    adapters = [case.lora_rank * n for name, m in denoiser.named_modules() if name in adapted
+                for n in (m.in_features, m.out_features)]
+    trained = adapters + [p.numel() for p in conditioner.parameters()]
+    dropped = full.gradients + full.optimizer + full.ema
+    kept = sum(trained) * (4 + 4 + 8 + 4)  # weights, gradients, two moments, EMA
+    frozen = [tuple(m.weight.shape) for m in denoiser.modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    numel = sum(p.numel() for p in denoiser.parameters())
+    base = full.parameters - 4 * sum(p.numel() for p in conditioner.parameters())
+    lora_fp = Footprint(full.peak - dropped + kept, base + 4 * sum(trained), 4 * sum(trained),
+                        8 * sum(trained), 4 * sum(trained))
+    return lora_fp, trained, frozen, numel
+
+
+def _frozen_saving(layers: list[tuple], numel: int, precision: str) -> int:
+    """fp32 bytes a frozen base at ``precision`` does not hold: bf16 halves its ``numel``
+    parameters; int8/fp8 store the Linear and Conv2d weights of shapes ``layers`` in a byte and
+    an fp32 scale per output channel, less the largest one's fp32 copy (dequantized as it
+    runs)."""
+    if precision == "fp32":
+        return 0
+    if precision == "bf16":
+        return 2 * numel
+    sizes = [(math.prod(shape), shape[0]) for shape in layers]
+    return sum(3 * n - 4 * out for n, out in sizes) - max((4 * n for n, _ in sizes), default=0)
+
+
+def estimate_fp32(case: Case, seed: int = 0) -> Footprint:
+    """:func:`estimate` of a full fine-tune with torch's AdamW: the step run on fakes; also the
+    trained parameters' sizes (and, as :func:`lora_footprint` returns them, no frozen layers)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     cuda, case = case.device == "cuda", replace(case, device="cpu")  # fake: any device
@@ -132,7 +194,7 @@ def estimate(case: Case, seed: int = 0) -> Footprint:
         state = [v for s in opt.state.values() for v in s.values()
                  if isinstance(v, torch.Tensor) and v.numel() > 1]
         return Footprint(live.peak, _nbytes(model.parameters()), grads, _nbytes(state),
-                         _nbytes(ema.shadow))
+                         _nbytes(ema.shadow)), [p.numel() for p in params], [], 0
 
 
 def profiled(case: Case, seed: int = 0) -> int:

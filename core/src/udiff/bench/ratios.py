@@ -13,7 +13,9 @@ import torch
 from .. import plugins
 from ..config import resolve
 from ..context import Context
-from ..weights import lora
+from ..errors import UdiffError
+from ..training import optimizers
+from ..weights import lora, quantize
 from .cases import BareTraining, Case, bare_sample, batch, noise_and_labels, pipeline, training, udiff_sample
 from .memory import peak_mb
 
@@ -21,13 +23,16 @@ TARGETS = {  # key: (comparison, target); compile_speedup is reported without a 
     "train_overhead": ("<=", 1.03), "sample_overhead": ("<=", 1.03),
     "latent_cache_speedup": (">=", 3.0), "checkpointing_memory_ratio": ("<=", 0.6),
     "dpm20_vs_ddim50_accuracy_gap": (">=", -0.02),
+    "adamw8bit_state_ratio": ("<=", 0.3), "int8_base_memory_ratio": ("<=", 0.55),
 }
 # What `udiff bench --strict` (and so CI) holds a run to, beside each target: the overheads are
 # medians of millisecond steps on a shared 2-core machine; the checkpointing ratio is peak RSS
 # (one probe pair read 0.537-0.601 over five runs of one case); the solver gap is a difference of
 # two accuracies over 500 samples (about +-0.02 of sampling noise at --quick).
 BOUNDS = {"train_overhead": 1.10, "sample_overhead": 1.10, "latent_cache_speedup": 3.0,
-          "checkpointing_memory_ratio": 0.65, "dpm20_vs_ddim50_accuracy_gap": -0.05}
+          "checkpointing_memory_ratio": 0.65, "dpm20_vs_ddim50_accuracy_gap": -0.05,
+          # counted bytes (no noise); one probe pair of Stable Diffusion 1.5's UNet (0.39 here)
+          "adamw8bit_state_ratio": 0.3, "int8_base_memory_ratio": 0.55}
 
 
 MEMORY_PAIRS = 3
@@ -116,6 +121,36 @@ def lora_memory(case: Case, pairs: int, rank: int = 8) -> dict:
     total = sum(p.numel() for p in trained.model.parameters())
     return {"memory_ratio": mem_lora / mem_full, "peak_mb_lora": mem_lora, "peak_mb_full": mem_full,
             "trainable_fraction": trainable / total, "rank": rank, "case": case.id}
+
+
+def optimizer_state(case: Case) -> dict:
+    """8-bit AdamW's state bytes ÷ AdamW's after one step of the same case, counted."""
+    optimizers.require("adamw8bit")
+    out = {}
+    for name in ("adamw", "adamw8bit"):
+        step = training(Case(**{**case.as_dict(), "optimizer": name}))
+        step.step(*batch(case))
+        out[name] = optimizers.state_bytes(step.optimizer.optimizer)  # accelerate wraps it
+    return {"ratio": out["adamw8bit"] / out["adamw"], "bytes_adamw": out["adamw"],
+            "bytes_adamw8bit": out["adamw8bit"], "case": case.id}
+
+
+# The issue's case: Stable Diffusion 1.5's UNet (built, not downloaded), LoRA rank 8 on its
+# attention, one step at 256 px (32x32 latents of the f8 autoencoder), batch 1
+SD15 = Case("unet", "sd15", 1, latent_size=32, lora_rank=8)
+
+
+def base_memory(case: Case = SD15, precisions: tuple[str, ...] = ("int8", "fp8")) -> dict:
+    """Peak training memory of a LoRA step with the frozen base stored at each precision ÷ the
+    fp32 base's (one probe each; the probe's heap returns what it frees: bench.memory)."""
+    lora.require()
+    quantize.require("int8")
+    if case.backbone not in plugins.registry().components["denoiser"]:
+        raise UdiffError(f"the {case.backbone} backbone is not installed")
+    peak = {p: peak_mb(Case(**{**case.as_dict(), "base_precision": p}), ("train",), steps=1,
+                       freed_returned=True)["train"] for p in ("fp32", *precisions)}
+    return {"ratios": {p: peak[p] / peak["fp32"] for p in precisions},
+            "peak_mb": peak, "case": case.id, "latent_size": case.latent_size}
 
 
 def compile_speedup(case: Case, pairs: int) -> dict:

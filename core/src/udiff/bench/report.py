@@ -61,6 +61,11 @@ def ratios(bench: dict) -> dict:
     if "lora" in found:  # reported, no target: the saving depends on the model's size
         out["lora_memory_ratio"] = found["lora"]["memory_ratio"]
         out["lora_trainable_fraction"] = found["lora"]["trainable_fraction"]
+    if "adamw8bit" in found:
+        out["adamw8bit_state_ratio"] = found["adamw8bit"]["ratio"]
+    if "base_precision" in found:
+        for precision, r in found["base_precision"]["ratios"].items():
+            out[f"{precision}_base_memory_ratio"] = r
     out["targets"] = {k: {"target": f"{op} {v}", "met": _met(out.get(k), op, v),
                           "bound": f"{op} {BOUNDS[k]}",
                           "within_bound": _met(out.get(k), op, BOUNDS[k])}

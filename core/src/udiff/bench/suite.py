@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ..errors import UdiffError
@@ -62,6 +64,8 @@ RATIOS = {  # ratios.json key (checkpointing gives two) -> its measurement
                                                                 s.device),
     "compile_speedup": lambda s: ratios.compile_speedup(s.ratio_case(), s.pairs),
     "lora": lambda s: ratios.lora_memory(s.checkpointing_case(), s.pairs),
+    "adamw8bit": lambda s: ratios.optimizer_state(replace(s.ratio_case(), preset="bench")),
+    "base_precision": lambda s: ratios.base_memory(),
 }
 
 

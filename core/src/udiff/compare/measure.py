@@ -97,6 +97,35 @@ def at_target(backbone: str, preset: str | None, st: Settings, s: Shape) -> dict
     return f.as_dict() | {"fits": f.peak <= st.target_memory}
 
 
+# The memory options (issue 32), in the order a user would reach for them: what each changes in
+# the target case. LoRA: rank 8 on the attention projections of a frozen base.
+OPTIONS = {
+    "AdamW": {},
+    "8-bit AdamW": {"optimizer": "adamw8bit"},
+    "8-bit AdamW + checkpointing": {"optimizer": "adamw8bit", "gradient_checkpointing": True},
+    "paged 8-bit AdamW + checkpointing": {"optimizer": "paged_adamw8bit",
+                                          "gradient_checkpointing": True},
+    "LoRA, fp32 base": {"lora_rank": 8},
+    "LoRA, int8 base": {"lora_rank": 8, "base_precision": "int8"},
+    "LoRA, int8 base + checkpointing": {"lora_rank": 8, "base_precision": "int8",
+                                        "gradient_checkpointing": True},
+}
+
+
+def options_at_target(backbone: str, preset: str | None, st: Settings, s: Shape) -> dict:
+    """Each memory option's estimated training peak at the target, and whether it fits."""
+    base = target_case(backbone, preset, st, s)
+    out = {}
+    for name, change in OPTIONS.items():
+        try:
+            f = footprint.estimate(replace(base, **change))
+        except Exception as e:  # a backbone without LoRA targets, say: that option is out
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            continue
+        out[name] = f.as_dict() | {"fits": f.peak <= st.target_memory}
+    return out
+
+
 def largest_fitting(backbone: str, st: Settings, s: Shape) -> dict | None:
     """The backbone's largest preset (by parameters) whose training fits the target."""
     sizes = {}

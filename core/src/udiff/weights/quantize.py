@@ -63,7 +63,39 @@ def _store(root: nn.Module, name: str, leaf: nn.Module, precision: str) -> None:
         parent, _, attr = name.rpartition(".")
         holder = root.get_submodule(parent) if parent else root
         quantize(holder, weights=_qtype(precision), include=[attr])  # replaces holder.<attr>
-        freeze(getattr(holder, attr))
+        layer = getattr(holder, attr)
+        freeze(layer)
+        if isinstance(leaf, nn.Conv2d) and leaf.padding_mode == "zeros" and \
+                not isinstance(leaf.padding, str):
+            layer.forward = _FrozenConv.bind(layer)
+
+
+class _FrozenConv(torch.autograd.Function):
+    """A frozen quantized convolution that keeps its quantized weight for backward. quanto's
+    convolution dequantizes the weight and calls the float one, so autograd saves the fp32
+    weight of every layer for the input's gradient -- the whole fp32 base again (measured: an
+    int8 Stable Diffusion 1.5 UNet's LoRA step peaked at 0.72x the fp32 base's). Here backward
+    dequantizes once more instead; the weight needs no gradient (frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer, ctx.shape, ctx.dtype = layer, x.shape, x.dtype
+        w = layer.weight.dequantize().to(x.dtype)
+        return nn.functional.conv2d(x, w, layer.bias if layer.bias is None else
+                                    layer.bias.to(x.dtype), layer.stride, layer.padding,
+                                    layer.dilation, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        m = ctx.layer
+        w = m.weight.dequantize().to(grad.dtype)
+        x_grad = torch.nn.grad.conv2d_input(ctx.shape, w, grad, m.stride, m.padding,
+                                            m.dilation, m.groups)
+        return x_grad.to(ctx.dtype), None
+
+    @staticmethod
+    def bind(layer):
+        return lambda x: _FrozenConv.apply(x, layer)
 
 
 def _is_quantized(module: nn.Module) -> bool:
