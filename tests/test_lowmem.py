@@ -108,7 +108,7 @@ def base(tiny_run, tmp_path_factory) -> Path:
     return out / "unet"
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance  # ~70 s, four training processes: after the suite (.ci/run)
 @pytest.mark.parametrize("kind", ["full", "lora-int8"])
 def test_resume_with_8bit_adamw_equals_uninterrupted(kind, tiny_run, base, tmp_path):
     argv = [*BASE, "--optimizer", "adamw8bit", "--max-steps", "12"]
