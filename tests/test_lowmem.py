@@ -131,7 +131,7 @@ def test_resume_with_8bit_adamw_equals_uninterrupted(kind, tiny_run, base, tmp_p
     assert any(v.dtype == torch.uint8 for v in state.values()) == (kind == "full")
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance  # ~30 s with a server process; the suite's 15 minutes are full
 def test_an_int8_base_lora_run_trains_samples_serves_and_merges(cli, tiny_run, base, tmp_path):
     out = tmp_path / "lora"
     code, _, err = cli("train", *BASE, "--backbone", "unet", "--autoencoder", tiny_run,
