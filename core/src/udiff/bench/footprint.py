@@ -110,18 +110,18 @@ def estimate(case: Case, seed: int = 0) -> Footprint:
     weights at 1 byte (int8, fp8: plus an fp32 scale per output channel) or 2 (bf16) instead of
     4, with one layer's fp32 weight back for the moment it is dequantized. Both are live through
     the whole step, so the peak moves by what they save."""
-    full, trained, layers, _ = estimate_fp32(
+    full, trained = estimate_fp32(
         replace(case, optimizer="adamw", base_precision="fp32", lora_rank=0), seed)
-    frozen_numel = 0
+    layers, frozen_numel = [], 0  # a full fine-tune freezes nothing
     if case.lora_rank:  # from the full fine-tune's step: see lora_footprint
-        full, trained, layers, frozen_numel = lora_footprint(full, case, layers)
+        full, trained, layers, frozen_numel = lora_footprint(full, case)
     optimizer = optimizers.on_device_bytes(case.optimizer, trained)
     weights = full.parameters - _frozen_saving(layers, frozen_numel, case.base_precision)
     saved = full.optimizer - optimizer + full.parameters - weights
     return replace(full, peak=full.peak - saved, parameters=weights, optimizer=optimizer)
 
 
-def lora_footprint(full: Footprint, case: Case, layers: list[tuple]):
+def lora_footprint(full: Footprint, case: Case):
     """A LoRA step's footprint from the full fine-tune's: the base's gradients, AdamW moments and
     EMA copy go, the adapters' (rank x (in + out) per adapted Linear) come; the activations are
     the full step's, an upper bound (a frozen layer's backward keeps no input for its weight's
@@ -159,9 +159,9 @@ def _frozen_saving(layers: list[tuple], numel: int, precision: str) -> int:
     return sum(3 * n - 4 * out for n, out in sizes) - max((4 * n for n, _ in sizes), default=0)
 
 
-def estimate_fp32(case: Case, seed: int = 0) -> Footprint:
+def estimate_fp32(case: Case, seed: int = 0) -> tuple[Footprint, list[int]]:
     """:func:`estimate` of a full fine-tune with torch's AdamW: the step run on fakes; also the
-    trained parameters' sizes (and, as :func:`lora_footprint` returns them, no frozen layers)."""
+    trained parameters' sizes."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     cuda, case = case.device == "cuda", replace(case, device="cpu")  # fake: any device
@@ -194,7 +194,7 @@ def estimate_fp32(case: Case, seed: int = 0) -> Footprint:
         state = [v for s in opt.state.values() for v in s.values()
                  if isinstance(v, torch.Tensor) and v.numel() > 1]
         return Footprint(live.peak, _nbytes(model.parameters()), grads, _nbytes(state),
-                         _nbytes(ema.shadow)), [p.numel() for p in params], [], 0
+                         _nbytes(ema.shadow)), [p.numel() for p in params]
 
 
 def profiled(case: Case, seed: int = 0) -> int:
