@@ -19,7 +19,8 @@ from test_backbone_doc import documented_source
 
 from udiff.bench.cases import Case
 from udiff.bench.footprint import estimate, profiled
-from udiff.compare import decision
+from udiff.compare import decision, measure
+from udiff.compare.plan import Settings
 
 TINY_CONFIG = """[training]
 autoencoder_steps = 20
@@ -44,6 +45,29 @@ def test_memory_estimate_is_within_10_percent_of_the_profiler(backbone):
     # batch grows activations, not the training state
     small, big = estimate(cases[0]), estimate(cases[1])
     assert big.parameters == small.parameters and big.activations > small.activations
+
+
+def test_the_first_memory_option_that_fits_the_target():
+    """Each option estimated on fake tensors at the target: each saves what it says, and the
+    decision table names the first (in the order a user reaches for them) that fits."""
+    st = Settings(data="digits", backbones=("unet",), presets={}, target_batch=4,
+                  target_memory=30 * 2**20)
+    options = measure.options_at_target("unet", "tiny", st, measure.Shape(4, 4, 10, 16))
+    assert list(options) == list(measure.OPTIONS)
+    peak = {name: o["peak"] for name, o in options.items()}
+    assert peak["8-bit AdamW"] < peak["AdamW"] and peak["LoRA, fp32 base"] < peak["AdamW"]
+    assert peak["LoRA, int8 base"] < peak["LoRA, fp32 base"]
+    assert peak["paged 8-bit AdamW + checkpointing"] < peak["8-bit AdamW + checkpointing"]
+    first = next(name for name, o in options.items() if o["fits"])
+    assert first == "8-bit AdamW + checkpointing" and not options["8-bit AdamW"]["fits"]
+    r = row("unet", 5.0) | {"options": options, "largest_fitting": None, "seeds": 1,
+                            "loss_spikes": 0, "skipped_nonfinite": 0, "steps": 1,
+                            "train_minutes": 0.1, "kid": 0.0, "diversity": 0.1,
+                            "near_copy_share": 0.0, "sampling_ms_per_image": 1.0,
+                            "peak_memory_here_mib": 1.0, "parameters": 1, "preset": "tiny"}
+    settings = st.as_dict() | {"target_batch": 4}
+    line = next(x for x in decision.table([r], ["unet"], settings) if "memory option" in x)
+    assert f"| {first} (" in line
 
 
 def row(backbone, fid, acc=0.95, step_ms=10.0, fits=True, spread=None):
@@ -160,6 +184,7 @@ def test_a_comparison_killed_and_resumed_equals_plan_only_and_collect(tmp_path):
     assert first["recommendation"] in ("unet", "dit") and first["rule"] == decision.RULE
     table = (one / "decision.md").read_text()
     assert "Recommendation (rank)" in table and "Memory on the target" in table
+    assert "First memory option that fits the target" in table
 
     # the same comparison, spread out: --plan-only, each line on its own, --collect
     two = tmp_path / "two"

@@ -19,6 +19,7 @@ import udiff
 from udiff import plugins
 from udiff.bench.cases import Case, batch, modules, training
 from udiff.client import Client
+from udiff.run.directory import load_component
 from udiff.serve.loadtest import start_server
 from udiff.training import optimizers
 from udiff.weights import lora, quantize
@@ -178,13 +179,53 @@ def test_an_int8_base_lora_run_trains_samples_serves_and_merges(cli, tiny_run, b
     assert quantized.std() > 0
 
 
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_a_frozen_pretrained_autoencoder_is_stored_at_the_base_precision(cli, tmp_path,
+                                                                         precision):
+    """--autoencoder-from without LoRA: the latents and the run's file stay the source's fp32,
+    the autoencoder stage 2 and sampling hold is int8 (a quarter of the bytes) or bf16 (half),
+    its decodings within the precision's rounding; export writes the fp32 source back."""
+    from diffusers import AutoencoderKL
+    from test_pretrained import RUN, layout
+
+    source = layout(AutoencoderKL).eval()
+    source.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "run"
+    code, _, err = cli(*RUN, "--backbone", "unet", "--preset", "tiny", "--no-estimate",
+                       "--autoencoder-from", tmp_path / "vae", "--base-precision", precision,
+                       "--max-steps", "2", "--out", out)
+    assert code == 0, err
+    meta = json.loads((out / "autoencoder" / "config.json").read_text())
+    assert meta["base_precision"] == precision
+    saved = safetensors.torch.load_file(str(out / "autoencoder" / "model.safetensors"))
+    want = {f"vae.{k}": v for k, v in source.state_dict().items()}
+    assert all(torch.equal(saved[k], v) for k, v in want.items())  # the file: fp32, untouched
+    pipe = udiff.load(out)
+    stored, (full, _) = pipe.autoencoder, load_component(out / "autoencoder", "autoencoder",
+                                                          pipe.context, base_precision="fp32")
+    ratio = quantize.weight_bytes(stored) / quantize.weight_bytes(full)
+    assert ratio <= {"int8": 0.3, "bf16": 0.51}[precision], ratio
+    if precision == "int8":
+        assert quantize.quantized_layers(stored) > 0
+    z = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        got, ref = stored.decode(z), source.decode(z).sample
+    assert got.dtype == torch.float32
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < err <= 0.05, err
+    code, _, err = cli("export", out, "--out", tmp_path / "exported")
+    assert code == 0, err
+    vae = AutoencoderKL.from_pretrained(tmp_path / "exported" / "vae")
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
 def test_bad_memory_options_are_one_line_and_write_nothing(cli, tiny_run, base, tmp_path):
     out = tmp_path / "never"
     lora_run = ["train", *BASE, "--backbone", "unet", "--autoencoder", tiny_run, "--init-from",
                 base, "--lora-rank", "4", "--max-steps", "3"]
     cli.fails("train", *BASE, "--backbone", "dit", "--preset", "tiny", "--base-precision",
-              "int8", "--out", out, match="--base-precision int8 stores a frozen base: it needs "
-              "a LoRA run")
+              "int8", "--out", out, match="--base-precision int8 stores frozen weights: it "
+              "needs a LoRA run (--lora-rank R --init-from PATH) or a frozen --autoencoder-from")
     cli.fails(*lora_run, "--base-precision", "bf16", "--out", out,
               match="add --mixed-precision bf16")
     cli.fails(*lora_run, "--optimizer", "adamw8bit", "--fsdp", "--out", out,

@@ -102,9 +102,10 @@ class TrainingConfig(Strict):
         "8-bit AdamW (about a quarter of the state's bytes); paged_adamw8bit: its state paged "
         "to host memory on CUDA (offload). The 8-bit ones need the lowmem extra.")
     base_precision: Literal["fp32", "bf16", "int8", "fp8"] = Field(
-        "fp32", description="How a LoRA run's frozen base is stored: int8 or fp8 weight-only "
-        "(optimum-quanto; the lowmem extra) or bf16 (with --mixed-precision bf16); the adapters "
-        "stay fp32.")
+        "fp32", description="How frozen weights are stored -- a LoRA run's base and a frozen "
+        "--autoencoder-from (or autoencoder.from_run) autoencoder: int8 or fp8 weight-only "
+        "(optimum-quanto; the lowmem extra) or bf16 (a LoRA base with --mixed-precision bf16); "
+        "the adapters stay fp32, the autoencoder's file and latents fp32.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the denoiser; 0 = off.")
     offset_noise: float = Field(0.0, ge=0, le=1, description="Offset noise: a per-sample, "
                                 "per-channel constant of this scale added to the noise (0.1 is "

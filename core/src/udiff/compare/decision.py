@@ -15,7 +15,8 @@ RULE = (f"1. arms whose training is estimated not to fit the target memory come 
         f"4. tied arms by training step time here, faster first.")
 
 
-def summarise(backbone: str, arms: list[dict], target: dict, largest: dict | None) -> dict:
+def summarise(backbone: str, arms: list[dict], target: dict, largest: dict | None,
+              options: dict | None = None) -> dict:
     """One backbone's arms (one per seed) -> its row of the table."""
     mean = lambda k: statistics.fmean(a[k] for a in arms)  # noqa: E731
     fids = [a["fid"] for a in arms]
@@ -33,7 +34,7 @@ def summarise(backbone: str, arms: list[dict], target: dict, largest: dict | Non
         "train_minutes": mean("train_minutes"),
         "sampling_ms_per_image": mean("sampling_ms_per_image"),
         "peak_memory_here_mib": max(a["peak_memory_here_mib"] for a in arms),
-        "target": target, "largest_fitting": largest,
+        "target": target, "largest_fitting": largest, "options": options or {},
     }
 
 
@@ -98,6 +99,15 @@ def table(rows: list[dict], order: list[str], settings: dict) -> list[str]:
         x = r["largest_fitting"]
         return "none" if x is None else f"`{x['preset']}` ({x['parameters'] / 1e6:.1f} M, {gib(x['peak'])})"
 
+    def option(r):
+        fits = [(name, e) for name, e in r["options"].items() if e.get("fits")]
+        if not r["options"]:
+            return "not estimated"
+        if not fits:
+            return f"none of the {len(r['options'])} estimated"
+        name, e = fits[0]
+        return f"{name} ({gib(e['peak'])})"
+
     lines = [
         ("Recommendation (rank)", lambda r: f"**{order.index(r['backbone']) + 1}**"),
         ("Beginner-friendliness", lambda r: "same defaults, no tuning (not measured)"),
@@ -107,6 +117,7 @@ def table(rows: list[dict], order: list[str], settings: dict) -> list[str]:
          lambda r: fmt(r["fid_spread"], ".2f") if r["seeds"] > 1 else "needs --seeds ≥ 2"),
         (f"Memory on the target ({gib(t['target_memory'])}; {target})", mem),
         ("Largest preset that fits the target", largest),
+        ("First memory option that fits the target (this preset)", option),
         ("Training time here: ms per step", lambda r: fmt(r["step_ms"], ".1f")),
         ("Training time here: steps / minutes", lambda r: f"{r['steps']} / {r['train_minutes']:.1f}"),
         ("Generation quality: FID (held-out)", lambda r: fmt(r["fid"], ".2f")),

@@ -108,7 +108,8 @@ def collect(plan: Plan, progress: bool = True) -> dict:
         say(f"collect: {b}'s memory at {s.target_image_size} px")
         rows.append(decision.summarise(
             b, [measured[a.name] for a in plan.arms if a.backbone == b],
-            measure.at_target(b, s.presets[b], s, shape), measure.largest_fitting(b, s, shape)))
+            measure.at_target(b, s.presets[b], s, shape), measure.largest_fitting(b, s, shape),
+            measure.options_at_target(b, s.presets[b], s, shape)))
     order, why = decision.rank(rows)
     settings = s.as_dict() | {"target_batch": s.target_batch or shape.batch}
     settings.pop("config")

@@ -108,7 +108,8 @@ def load_component(folder: Path, role: str, context, shared: Shared | None = Non
     """The saved component, built and loaded; with ``shared``, a module already loaded with the
     same weights is reused, and a LoRA run's adapter is added to its base under a new name
     (``meta["adapter"]``). A LoRA base is stored as the run trained it (``--base-precision``)
-    unless ``base_precision`` says otherwise (export merges into the fp32 base)."""
+    unless ``base_precision`` says otherwise (export merges into the fp32 base); so is a frozen
+    autoencoder (``meta["base_precision"]``)."""
     comp, config, meta = component_of(folder, role)
     key = (role, comp.name, json.dumps(config.model_dump(mode="json"), sort_keys=True))
     if meta.get("lora"):  # the base again (checked to be the same), then the adapter
@@ -130,15 +131,19 @@ def load_component(folder: Path, role: str, context, shared: Shared | None = Non
         load_weights(module, folder / ADAPTER, only=lora.adapter_state(module, name), name=name)
         return module, {**meta, "adapter": name}
 
+    # a frozen autoencoder stored at the run's --base-precision (its file holds fp32 weights)
+    precision = base_precision or meta.get("base_precision", "fp32")
+
     def make(data: bytes | None = None):
         module = comp.build(config, context)
         load_weights(module, folder / WEIGHTS, data=data)
-        return module
+        return quantize.frozen_autoencoder(module, precision) if precision != "fp32" else module
 
     if shared is None or not (folder / WEIGHTS).is_file():
         return make(), meta
     data = (folder / WEIGHTS).read_bytes()  # read once: its SHA-256 is the key, then its weights
-    return shared.get((*key, hashlib.sha256(data).hexdigest()), lambda: make(data)), meta
+    return shared.get((*key, hashlib.sha256(data).hexdigest(), precision),
+                      lambda: make(data)), meta
 
 
 def loader(folder: Path, role: str, shared: Shared | None = None):

@@ -18,6 +18,7 @@ from ..plugins.contract import AutoencoderExport, DenoiserExport
 from ..run.directory import component_of, load_component
 from ..run.files import prepare_out, read_json
 from ..run.layout import COMPONENT_CONFIG
+from ..weights import quantize
 from ..weights.lora import merged_state
 from .pipeline import load
 
@@ -41,7 +42,11 @@ def export_diffusers(run_dir: str | Path, out: str | Path, scheduler: str | None
         model, subfolder, pipeline_cls = pipe.denoiser.to_diffusers(pipe.conditioner)
     except ValueError as e:
         raise UdiffError(f"cannot export {name}: {e}") from None
-    vae = pipe.autoencoder.to_diffusers(pipe.scaling_factor)
+    autoencoder = pipe.autoencoder
+    if quantize.reduced(autoencoder):  # exported as its file holds it (fp32), as the base is
+        autoencoder, _ = load_component(pipe.run_dir / "autoencoder", "autoencoder", pipe.context,
+                                        base_precision="fp32")
+    vae = autoencoder.to_diffusers(pipe.scaling_factor)
     name = scheduler or pipe.sampling.sampler  # the run's own (a student's few-step sampler)
     sampler = pipe.scheduler(name).sampler
     if name == "few-step":  # diffusers' FlowMatchEuler spaces K steps its own way

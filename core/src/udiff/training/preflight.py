@@ -95,17 +95,25 @@ def check_memory_options(cfg: TrainConfig) -> None:
         raise UdiffError(f"--optimizer {t.optimizer} does not shard its 8-bit state: with "
                          "--fsdp use --optimizer adamw")
     if t.base_precision != "fp32":
-        if not cfg.denoiser.lora:
-            raise UdiffError(f"--base-precision {t.base_precision} stores a frozen base: it needs "
-                             "a LoRA run (--lora-rank R --init-from PATH); a full fine-tune "
-                             "trains every weight in fp32")
-        if t.base_precision == "bf16" and t.mixed_precision != "bf16":
+        if not cfg.denoiser.lora and not frozen_autoencoder(cfg):
+            raise UdiffError(f"--base-precision {t.base_precision} stores frozen weights: it "
+                             "needs a LoRA run (--lora-rank R --init-from PATH) or a frozen "
+                             "--autoencoder-from autoencoder; a full fine-tune trains every "
+                             "weight in fp32")
+        if t.base_precision == "bf16" and cfg.denoiser.lora and t.mixed_precision != "bf16":
             raise UdiffError("--base-precision bf16 computes the base in bf16: add "
                              "--mixed-precision bf16")
         if t.fsdp:
             raise UdiffError(f"--base-precision {t.base_precision} with --fsdp: FSDP shards "
                              "fp32 weights; train the quantized base with DDP")
         quantize.require(t.base_precision)
+
+
+def frozen_autoencoder(cfg: TrainConfig) -> bool:
+    """A given autoencoder (pretrained or another run's) that stage 1 does not fine-tune: it is
+    stored at --base-precision after encoding the latents."""
+    a = cfg.autoencoder
+    return bool(a.pretrained or a.from_run) and not a.finetune
 
 
 def held_out(cfg: TrainConfig, data: datasets.LabelledImages) -> datasets.Splits:
@@ -143,8 +151,8 @@ def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
         folder = Path(choice.from_run) / "autoencoder"
         comp, config, meta = component_of(folder, "autoencoder")
         module = plan.source.loaded_autoencoder(choice.from_run)  # the teacher's, if it is
-        if module is None:
-            module, _ = load_component(folder, "autoencoder", ctx)
+        if module is None or quantize.reduced(module):  # this run stores its own precision
+            module, _ = load_component(folder, "autoencoder", ctx, base_precision="fp32")
         plan.given_autoencoder = (comp, config, module, meta["scaling_factor"])
     den = cfg.denoiser
     if den.lora and not den.init_from:

@@ -18,10 +18,11 @@ from ..context import Context
 from ..errors import UdiffError
 from ..evaluation.quality import reconstruction
 from ..run.directory import component_of, save_component
-from ..weights import sharding
+from ..weights import quantize, sharding
 from .batches import Batches, shuffled
 from .early_stop import EarlyStopping
 from .objective import AutoencoderObjective
+from .preflight import frozen_autoencoder
 from .services import Services
 from .setup import prepare, say
 from .step import DenoiserTraining
@@ -95,18 +96,24 @@ def score_autoencoder(run: Services, autoencoder: nn.Module, splits: datasets.Sp
 
 
 def cache_latents(run: Services, source, autoencoder: nn.Module, comp, config,
-                  scaling: float | None) -> tuple[float, tuple]:
+                  scaling: float | None) -> tuple[float, tuple, nn.Module]:
     """The source's latents, cached by the main process with the autoencoder (and the scaling
-    factor it settles); the others read both once they are written. -> (scaling, tensors)."""
+    factor it settles); the others read both once they are written. A frozen given autoencoder
+    then takes --base-precision: the latents and its file stay fp32, stage 2 and sampling hold
+    it stored smaller. -> (scaling, tensors, the autoencoder as stage 2 holds it)."""
+    cfg = run.cfg
+    precision = cfg.training.base_precision if frozen_autoencoder(cfg) else "fp32"
+    extra = {} if precision == "fp32" else {"base_precision": precision}
     if run.main:
         scaling, tensors = source.prepare(run.out, run.accelerator.device, autoencoder, scaling)
         save_component(run.out / "autoencoder", comp, config, autoencoder,
-                       scaling_factor=scaling, from_run=run.cfg.autoencoder.from_run)
+                       scaling_factor=scaling, from_run=cfg.autoencoder.from_run, **extra)
     run.accelerator.wait_for_everyone()
     if not run.main:
         scaling = component_of(run.out / "autoencoder", "autoencoder")[2]["scaling_factor"]
         tensors = source.read(run.out)
-    return scaling, tensors
+    return scaling, tensors, (autoencoder if precision == "fp32" else
+                              quantize.frozen_autoencoder(autoencoder, precision))
 
 
 def train_denoiser(run: Services, stack, name: str, tensors: tuple, checkpoint: Path | None,

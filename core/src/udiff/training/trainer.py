@@ -100,14 +100,15 @@ class Trainer:
         else:
             autoencoder, ae_comp, ae_cfg, scaling = stages.train_autoencoder(
                 run, plan, ctx, checkpoint if stage == "autoencoder" else None)
-        reconstruction = stages.score_autoencoder(run, autoencoder, plan.splits)
 
         # stage 2's latents, from the source preflight chose (cached once, by the main process)
         if stage == "denoiser":
             scaling, tensors = meta["scaling_factor"], source.read(out)
         else:
-            scaling, tensors = stages.cache_latents(run, source, autoencoder, ae_comp, ae_cfg,
-                                                    scaling)
+            scaling, tensors, autoencoder = stages.cache_latents(run, source, autoencoder,
+                                                                 ae_comp, ae_cfg, scaling)
+        # scored as stage 2 and sampling hold it (a frozen one at --base-precision)
+        reconstruction = stages.score_autoencoder(run, autoencoder, plan.splits)
 
         # the stack: the source's starting weights (or fresh ones), LoRA adapters on top
         set_seed(cfg.training.seed + 1)

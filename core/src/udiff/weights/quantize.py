@@ -10,6 +10,10 @@ are added after quantizing; quanto's layers are ``nn.Linear`` subclasses that pe
 
 bf16 stores the base in bfloat16; its layers then compute in bf16, so it goes with
 ``--mixed-precision bf16`` (autocast casts the fp32 adapters and activations to meet it).
+
+A frozen given autoencoder (``--autoencoder-from``, or another run's) is stored the same way
+(:func:`frozen_autoencoder`) once it has encoded the latent cache in fp32: stage 2, sampling and
+serving then hold it at a quarter (int8/fp8) or half (bf16) of its bytes.
 """
 
 from __future__ import annotations
@@ -136,6 +140,26 @@ def build_frozen(build, precision: str) -> nn.Module:
                     child.reset_parameters()
                 _store(module, name, child, precision)
     return module.requires_grad_(False)
+
+
+def frozen_autoencoder(module: nn.Module, precision: str) -> nn.Module:
+    """A frozen autoencoder at ``precision``: int8/fp8 layers as a LoRA base's; bf16 weights
+    with ``encode``/``decode`` taking and giving the caller's dtype (they run outside autocast).
+    """
+    module.eval().requires_grad_(False)
+    if precision == "bf16":
+        module.to(torch.bfloat16)
+        for name in ("encode", "decode"):
+            method = getattr(module, name)
+            setattr(module, name, lambda x, _m=method: _m(x.to(torch.bfloat16)).to(x.dtype))
+        return module
+    return module if precision == "fp32" else freeze_base(module, precision)
+
+
+def reduced(module: nn.Module) -> bool:
+    """Whether ``module`` holds quantized or bf16 weights (its file holds the fp32 ones)."""
+    return quantized_layers(module) > 0 or any(p.dtype == torch.bfloat16
+                                               for p in module.parameters())
 
 
 def for_inference(module: nn.Module, precision: str) -> nn.Module:
