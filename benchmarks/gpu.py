@@ -44,22 +44,24 @@ def step_seconds(case: Case, steps: int) -> float:
     return statistics.median(times)
 
 
-def fits(case: Case) -> bool:
+def peak_or_none(case: Case) -> float | None:
+    """The training step's peak (MiB), or None when it does not fit the device."""
     try:
-        peak_mb(case, ("train",))
-        return True
+        return peak_mb(case, ("train",))["train"]
     except torch.cuda.OutOfMemoryError:
-        return False
+        return None
     finally:
         if case.device == "cuda":
             torch.cuda.empty_cache()
 
 
-def largest_batch(case: Case, limit: int) -> int:
+def largest_batch(case: Case, limit: int, peak: float) -> tuple[int, float]:
+    """Doubling ``case.batch`` (whose peak is ``peak``) while it fits: (batch, its peak); each
+    probe's peak is the answer's, so none is measured twice."""
     n = case.batch
-    while n * 2 <= limit and fits(replace(case, batch=n * 2)):
-        n *= 2
-    return n
+    while n * 2 <= limit and (bigger := peak_or_none(replace(case, batch=n * 2))) is not None:
+        n, peak = n * 2, bigger
+    return n, peak
 
 
 def sample_seconds_per_image(case: Case) -> float:
@@ -93,9 +95,10 @@ def main() -> None:
         row["train_b4_s"] = step_seconds(base, steps)
         row["train_b4_peak_mb"] = peak_mb(base, ("train",))["train"]
         limit = min(16, args.max_batch) if args.tiny else args.max_batch
-        big = replace(base, batch=largest_batch(base, limit))
+        largest, peak = largest_batch(base, limit, row["train_b4_peak_mb"])
+        big = replace(base, batch=largest)
         row.update(largest_batch=big.batch, train_largest_s=step_seconds(big, steps),
-                   train_largest_peak_mb=peak_mb(big, ("train",))["train"])
+                   train_largest_peak_mb=peak)
         sample = replace(base, batch=8 if args.tiny else 32, steps=3 if args.tiny else 50)
         row.update(ddim_steps=sample.steps, sample_batch=sample.batch,
                    sample_s_per_image=sample_seconds_per_image(sample))

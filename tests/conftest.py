@@ -81,6 +81,21 @@ def run_udiff(*argv: str, env: dict | None = None) -> subprocess.CompletedProces
                           text=True, env=env, timeout=600)
 
 
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """``demo(backbone)``: `udiff demo --backbone B` run once per session, in a fresh process
+    -> (its CompletedProcess, its --out folder). The demo test and the distillation test share
+    the UNet's (a demo is ~3 minutes of .ci/run)."""
+    done: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+    def get(backbone: str):
+        if backbone not in done:
+            out = tmp_path_factory.mktemp(f"demo-{backbone}") / "demo-run"
+            done[backbone] = run_udiff("demo", "--backbone", backbone, "--out", out), out
+        return done[backbone]
+    return get
+
+
 def write_folder(root, labels=3, per_label=12, size=16, names=None):
     """A small RGB folder dataset whose labels differ in colour (folders ``user0``... or
     ``names``)."""

@@ -28,7 +28,8 @@ LAYERS = [
     ("serve", ["udiff.serve"]),
     ("bench", ["udiff.bench"]),
     ("compare", ["udiff.compare"]),
-    ("commands", ["udiff.commands", "udiff.cli", "udiff.__main__", "udiff"]),
+    # the studio is a front end like the CLI: its form is the CLI's flags (commands/flags)
+    ("commands", ["udiff.commands", "udiff.studio", "udiff.cli", "udiff.__main__", "udiff"]),
 ]
 
 

@@ -157,7 +157,8 @@ FLAGS = {
 # Flags added since, each by an issue that asked for it (17: serve, bench serve).
 ADDED = {"train": "--grace-seconds --validate-per-label --holdout --early-stop "
                   "--early-stop-metric --no-estimate "  # 29: validation, early stop, the probe
-                  "--optimizer --base-precision",  # 32: the memory options
+                  "--optimizer --base-precision "  # 32: the memory options
+                  "--plan-only",  # 33: the studio's plan before it starts a run
          "sample": "--guidance-interval --guidance-rescale",  # 19
          "eval": "--guidance-interval --guidance-rescale",
          "serve": "--keys-file --audit-log --audit-max-bytes",  # 31: keys, the audit log
@@ -173,13 +174,15 @@ NEW = {"serve": "run_dirs --host --port --token-file --max-batch-images --max-qu
                   "--per-label --autoencoder --config --target-memory --target-image-size "
                   "--target-batch --target-precision --target-checkpointing --resume "
                   "--plan-only --collect",  # 30
-       "keys": "keys"}  # 31: its sub-commands (KEYS)
+       "keys": "keys",  # 31: its sub-commands (KEYS)
+       "studio": "--root --host --port --keys-file --device"}  # 33
 # `udiff bench`'s sub-commands (issue 28), each with the flags it had as a target (17, 19, 20).
 BENCH = {"perf": "--backbones --preset --batches --quick --device --strict --out --overwrite",
          "serve": "run_dir --concurrency --seconds --quick --strict --out --overwrite",
          "guidance": "run_dirs --scales --intervals --per-label --out --overwrite",
          "distill": "run_dirs --per-label --out --overwrite"}
-KEYS = {"add": "name --file --runs --labels --requests-per-minute --images-per-day",  # 31
+KEYS = {"add": "name --file --runs --labels --requests-per-minute --images-per-day "  # 31
+                "--admin",  # 33: may use udiff studio
         "remove": "name --file", "list": "--file"}
 
 

@@ -18,11 +18,10 @@ from udiff import plugins
     pytest.param("dit", marks=pytest.mark.acceptance),
     pytest.param("flux", marks=pytest.mark.acceptance),
 ])
-def test_demo_meets_target(tmp_path, backbone):
+def test_demo_meets_target(demo, backbone):
     if backbone not in plugins.registry().components["denoiser"]:
         pytest.skip(f"udiff-{backbone} is not installed")
-    out = tmp_path / "demo-run"
-    proc = run_udiff("demo", "--backbone", backbone, "--out", out)
+    proc, out = demo(backbone)  # the UNet's is also the distillation test's teacher
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"backbone", "label_accuracy", "reference_accuracy", "wall_seconds"} <= set(metrics)

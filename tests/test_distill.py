@@ -87,34 +87,28 @@ def test_student_is_closer_to_the_teacher_than_its_few_steps(cli, tmp_path, back
             assert sched["timestep_spacing"] == "trailing"
 
 
-# The README's noise row: the UNet demo trained with the default noise objective (ddpm, epsilon,
-# min-SNR-5) and sampled with DPM-Solver++ 20 at CFG 2, all steps guided.
-NOISE_DEMO = {"scheduler": {"name": "ddpm", "options": {"snr_gamma": 5.0}},
-              "sampling": {"scheduler": "dpm++", "steps": 20, "guidance": 2.0,
-                           "guidance_interval": None}}
-
-
 @pytest.mark.slow
-@ACCEPTANCE  # ~9 minutes here: a demo-sized teacher, its student, 3 evals at 30 per label
-def test_the_default_epsilon_teacher_distils_to_4_2_and_1_steps(cli, tmp_path):
-    """`udiff distill --steps 4` of the epsilon demo teacher: at 4, 2 and 1 steps (guidance 1)
-    label accuracy within 0.02 of the teacher's 20 guided steps and FID at most 1.5x its FID
-    (the README's bounds, against the teacher's `udiff eval` as the demo ran it); the export is
-    DDIM trailing with v-prediction (the student's objective). A `udiff bench distill` row equals
-    `udiff eval` exactly: the suite's bench test."""
-    from udiff.commands import demo
-
-    taught = demo.run("unet", tmp_path / "demo", overrides=NOISE_DEMO, progress=False)
-    teacher, student = tmp_path / "demo" / "run", tmp_path / "student"
-    assert taught["trained_with"] == "ddpm" and taught["settings"]["scheduler"] == "dpm++"
-    code, _, err = cli("distill", teacher, "--steps", "4", "--guidance", "2", "--out", student)
+@ACCEPTANCE  # the UNet demo (shared with the demo test), its student, 3 evals at 30 per label
+def test_the_demo_teacher_distils_to_4_2_and_1_steps(cli, demo, tmp_path):
+    """`udiff distill --steps 4` of the UNet demo run (rectified flow, Euler 20 at CFG 2 on
+    [0.2, 0.8]): at 4, 2 and 1 steps (guidance 1) label accuracy within 0.02 of the teacher's
+    and FID at most 1.5x its FID (the README's bounds, against the teacher's `udiff eval` as
+    the demo ran it); the export is diffusers' FlowMatchEuler. The noise objective's student
+    (epsilon teacher -> v-prediction, DDIM) is the suite's [dit-ddpm] and [flux-ddpm] above;
+    a `udiff bench distill` row equals `udiff eval` exactly: the suite's bench test."""
+    proc, out = demo("unet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    taught = json.loads((out / "metrics.json").read_text())
+    teacher, student = out / "run", tmp_path / "student"
+    assert taught["trained_with"] == "flow" and taught["settings"]["guidance"] == 2
+    code, _, err = cli("distill", teacher, "--steps", "4", "--out", student)
     assert code == 0, err
-    assert "1024 guided samples of the teacher (20 steps of dpm++, guidance 2.0)" in err
+    assert "1024 guided samples of the teacher (20 steps of" in err
     for k in (4, 2, 1):  # `udiff eval` of the student at its own sampler, guidance 1
         code, _, err = cli("eval", student, "--steps", k, "--out", tmp_path / f"m{k}.json")
         assert code == 0, err
         m = json.loads((tmp_path / f"m{k}.json").read_text())
-        assert (m["settings"]["scheduler"], m["settings"]["guidance"]) == ("ddim", 1.0)
+        assert (m["settings"]["scheduler"], m["settings"]["guidance"]) == ("few-step", 1.0)
         print(f"student {k} steps: {m['label_accuracy']:.3f} / FID {m['fid']:.1f} (teacher "
               f"{taught['label_accuracy']:.3f} / {taught['fid']:.1f})")
         assert m["label_accuracy"] >= taught["label_accuracy"] - 0.02, (k, m["label_accuracy"])
@@ -122,8 +116,7 @@ def test_the_default_epsilon_teacher_distils_to_4_2_and_1_steps(cli, tmp_path):
     code, _, err = cli("export", student, "--format", "diffusers", "--out", tmp_path / "x")
     assert code == 0, err
     sched = json.loads((tmp_path / "x" / "scheduler" / "scheduler_config.json").read_text())
-    assert (sched["_class_name"], sched["prediction_type"], sched["timestep_spacing"]) == (
-        "DDIMScheduler", "v_prediction", "trailing")
+    assert sched["_class_name"] == "FlowMatchEulerDiscreteScheduler"
 
 
 def test_student_config_records_the_teacher_and_switches_epsilon_to_v(tiny_run):

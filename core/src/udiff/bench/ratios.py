@@ -93,20 +93,21 @@ def latent_cache_speedup(case: Case, pairs: int, autoencoder: str = "sd") -> dic
     return out | {"autoencoder": f"kl/{autoencoder}", "image_side": side}
 
 
-def checkpointing(case: Case, pairs: int) -> dict:
+def checkpointing(case: Case, pairs: int, memory_pairs: int = MEMORY_PAIRS) -> dict:
     """Peak training memory and step time with gradient checkpointing ÷ without. Peak RSS is
-    noisy (one probe pair read 0.537-0.601 over five runs): the median of ``MEMORY_PAIRS``
-    interleaved probe pairs, each probe a fresh process."""
+    noisy (one probe pair read 0.537-0.601 over five runs): the median of ``memory_pairs``
+    interleaved probe pairs, each probe a fresh process (--quick: one pair, inside the bound
+    0.65 on every reading)."""
     on = Case(**{**case.as_dict(), "gradient_checkpointing": True})
     probes = [(peak_mb(on, ("train",))["train"], peak_mb(case, ("train",))["train"])
-              for _ in range(MEMORY_PAIRS)]
+              for _ in range(memory_pairs)]
     mem_on, mem_off = (statistics.median(side) for side in zip(*probes, strict=True))
     a, b = training(on), training(case)
     x0, y = batch(case)
     t = paired(lambda: a.step(x0, y), lambda: b.step(x0, y), pairs)
     ratio = statistics.median(with_ / without for with_, without in probes)
     return {"memory_ratio": ratio, "time_ratio": t["ratio"],
-            "memory_pairs": MEMORY_PAIRS, "peak_mb_on": mem_on,
+            "memory_pairs": memory_pairs, "peak_mb_on": mem_on,
             "peak_mb_off": mem_off, "case": case.id, "latent_size": case.latent_size}
 
 

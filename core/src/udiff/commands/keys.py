@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
                      "a minute (then 429)")
     add.add_argument("--images-per-day", type=int, metavar="N",
                      help="at most N images a UTC day (then 429)")
+    add.add_argument("--admin", action="store_true", help="may use udiff studio (train, "
+                     "compare, export)")
     remove = sub.add_parser("remove", help="drop a key (the file is rewritten)")
     remove.add_argument("name", metavar="NAME", help="the key to drop")
     file(remove)
@@ -82,7 +84,7 @@ def add(args) -> int:
     secret = new_secret()
     entry = entry_toml(args.name, digest(secret), {r: "*" if labels is None else labels
                                                    for r in runs},
-                       args.requests_per_minute, args.images_per_day)
+                       args.requests_per_minute, args.images_per_day, args.admin)
     old = path.read_text() if path.exists() else HEADER
     atomic_write(path, lambda p: p.write_text(old.rstrip("\n") + "\n\n" + entry))
     print(secret)  # the only time it is shown
@@ -104,7 +106,8 @@ def remove(args) -> int:
     if not any(e.get("name") == args.name for e in entries):
         raise UdiffError(f"no key {args.name!r} in {args.file}")
     kept = [entry_toml(e["name"], e["sha256"], e.get("runs", {}), e.get("requests_per_minute"),
-                       e.get("images_per_day")) for e in entries if e.get("name") != args.name]
+                       e.get("images_per_day"), e.get("admin", False))
+            for e in entries if e.get("name") != args.name]
     text = HEADER + "\n" + "\n".join(kept)
     atomic_write(Path(args.file), lambda p: p.write_text(text))
     print(f"udiff keys: removed {args.name!r} from {args.file} ({len(kept)} left); send the "

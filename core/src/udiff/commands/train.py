@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
                    help="continue the run in --out from its newest complete checkpoint")
     p.add_argument("--no-estimate", action="store_true", help="skip the timed probe that "
                    "estimates the run's wall time before training")
+    p.add_argument("--plan-only", action="store_true", help="print the data's summary, the "
+                   "plan's choices and the time estimate as JSON, and write nothing")
     p.add_argument("--num-processes", type=int, metavar="N",
                    help="data-parallel training in N processes: starts `accelerate launch "
                    "--multi_gpu --num_processes N -m udiff train ...` (CPU: gloo, GPU: NCCL)")
@@ -68,6 +70,13 @@ def main(args) -> int:
     if args.resume and args.overwrite:
         raise UdiffError("--resume continues what --out holds; --overwrite would replace it: "
                          "choose one")
+    if args.plan_only:
+        import json
+
+        print(json.dumps(Trainer(cfg, args.out, args.overwrite, resume=args.resume,
+                                 report=report, estimate=not args.no_estimate,
+                                 choices=rows).plan_only(), indent=1))
+        return 0
     if args.num_processes is not None:
         from ..training.launch import launch
         from ..training.setup import fsdp_refusal, training_on_cpu

@@ -63,10 +63,11 @@ def allowed(app: FastAPI, scope: dict) -> str:
     return ", ".join(sorted(methods))
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, page: str | None = None) -> FastAPI:
+    """``page``: the HTML at ``/`` (``udiff studio``'s); default: the generate page."""
     app = FastAPI(title="udiff", version=__version__, description="Generate images for a label "
                   "from trained udiff runs; each key sees only its own runs, labels and jobs.")
-    page = resources.files("udiff.serve").joinpath("page.html").read_text()
+    page = page or resources.files("udiff.serve").joinpath("page.html").read_text()
     ROUTES = routes(request_body({n: (r.pipe.label_names, r.samplers())  # noqa: N806
                                   for n, r in service.runs.items()}, service.limits))
     for name, route in ROUTES.items():

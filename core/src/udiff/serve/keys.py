@@ -10,6 +10,7 @@ keys.toml::
     runs = { "u07" = [7] }         # run name or glob -> its labels (indices or names), or "*"
     requests_per_minute = 60       # optional
     images_per_day = 500           # optional (a UTC day)
+    admin = true                   # optional: may use udiff studio (train, compare, export)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SECRET = re.compile(rf"^{PREFIX}[A-Za-z0-9_-]{{20,}}$")
 HEX = re.compile(r"^[0-9a-f]{64}$")
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the audit log's "key": no secret, no spaces
 HEADER = "# udiff serve --keys-file: each key's SHA-256, never its secret\n"
-FIELDS = {"name", "sha256", "runs", "requests_per_minute", "images_per_day"}
+FIELDS = {"name", "sha256", "runs", "requests_per_minute", "images_per_day", "admin"}
 ALL = "*"  # every label of a run
 
 
@@ -49,6 +50,7 @@ class Key:
     scope: dict[str, frozenset[int] | None] = field(default_factory=dict)  # served run -> labels
     requests_per_minute: int | None = None
     images_per_day: int | None = None
+    admin: bool = False  # udiff studio: train, compare, export
 
     @property
     def every_scope(self) -> bool:
@@ -81,9 +83,11 @@ def every_scope(name: str, secret: str, runs: dict[str, list[str]]) -> Key:
     return Key(name, digest(secret), {ALL: ALL}, {r: None for r in runs})
 
 
-def load(path: str | Path, runs: dict[str, list[str]], extra: list[Key] = ()) -> Keys:
+def load(path: str | Path, runs: dict[str, list[str]], extra: list[Key] = (),
+         strict: bool = True) -> Keys:
     """``path`` parsed and checked against ``runs`` (served run name -> its label names); any
-    fault is one :class:`UdiffError` line naming the key and field."""
+    fault is one :class:`UdiffError` line naming the key and field. ``strict=False`` (the
+    studio, whose runs are served as they finish): a pattern may match no run yet."""
     where = f"--keys-file {path}"
     try:
         data = tomllib.loads(Path(path).read_text())
@@ -99,7 +103,7 @@ def load(path: str | Path, runs: dict[str, list[str]], extra: list[Key] = ()) ->
         raise UdiffError(f"{where}: 'keys' must be [[keys]] tables")
     keys, names = list(extra), {k.name for k in extra}
     for i, entry in enumerate(entries):
-        key = parse(entry, f"{where}: key {entry.get('name', f'#{i + 1}')!r}", runs)
+        key = parse(entry, f"{where}: key {entry.get('name', f'#{i + 1}')!r}", runs, strict)
         if key.name in names:
             raise UdiffError(f"{where}: duplicate key name {key.name!r}")
         if any(k.sha256 == key.sha256 for k in keys):
@@ -109,7 +113,7 @@ def load(path: str | Path, runs: dict[str, list[str]], extra: list[Key] = ()) ->
     return Keys(keys, str(path))
 
 
-def parse(entry: dict, where: str, runs: dict[str, list[str]]) -> Key:
+def parse(entry: dict, where: str, runs: dict[str, list[str]], strict: bool = True) -> Key:
     for name, value in entry.items():  # before anything else: never echo a secret back
         if isinstance(value, str) and SECRET.match(value) or name in ("secret", "token"):
             raise UdiffError(f"{where}: field {name!r} holds a secret in clear; the file keeps "
@@ -135,11 +139,14 @@ def parse(entry: dict, where: str, runs: dict[str, list[str]]) -> Key:
         if value is not None and (type(value) is not int or value < 1):
             raise UdiffError(f"{where}: {q} must be a whole number >= 1")
         quotas[q] = value
-    scope, written = resolve(patterns, where, runs)
-    return Key(name, sha, written, scope, **quotas)
+    admin = entry.get("admin", False)
+    if type(admin) is not bool:
+        raise UdiffError(f"{where}: admin must be true or false")
+    scope, written = resolve(patterns, where, runs, strict)
+    return Key(name, sha, written, scope, **quotas, admin=admin)
 
 
-def resolve(patterns: dict, where: str, runs: dict[str, list[str]]) \
+def resolve(patterns: dict, where: str, runs: dict[str, list[str]], strict: bool = True) \
         -> tuple[dict[str, frozenset[int] | None], dict[str, tuple | str]]:
     """Each pattern's served runs and their label indices; a pattern matching no run, or a
     label one of its runs lacks, is an error (a typo must not silently grant nothing)."""
@@ -147,7 +154,7 @@ def resolve(patterns: dict, where: str, runs: dict[str, list[str]]) \
     written: dict[str, tuple | str] = {}
     for pattern, labels in patterns.items():
         matched = [r for r in runs if fnmatch.fnmatchcase(r, pattern)]
-        if not matched:
+        if not matched and strict:
             raise UdiffError(f"{where}: run {pattern!r} matches no served run (served: "
                              f"{', '.join(runs) or 'none'})")
         if labels == ALL:
@@ -177,7 +184,8 @@ def resolve(patterns: dict, where: str, runs: dict[str, list[str]]) \
 
 
 def entry_toml(name: str, sha256: str, runs: dict[str, list | tuple | str],
-               requests_per_minute: int | None = None, images_per_day: int | None = None) -> str:
+               requests_per_minute: int | None = None, images_per_day: int | None = None,
+               admin: bool = False) -> str:
     """One ``[[keys]]`` table: ``runs`` maps a run name or glob to its labels or ``"*"``."""
     def labels(v) -> str:
         return '"*"' if v == ALL else "[" + ", ".join(
@@ -190,6 +198,8 @@ def entry_toml(name: str, sha256: str, runs: dict[str, list | tuple | str],
         lines.append(f"requests_per_minute = {requests_per_minute}")
     if images_per_day:
         lines.append(f"images_per_day = {images_per_day}")
+    if admin:
+        lines.append("admin = true")
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,17 @@ class Trainer:
             finally:
                 accelerator.end_training()
 
+    def plan_only(self) -> dict:
+        """What :meth:`run` shows before training, as data (``udiff train --plan-only``): the
+        data's summary, the plan's choices, the timed estimate. Nothing is written."""
+        plan = self.check()
+        accelerator = make_accelerator(self.cfg.model_copy(update={"training": self.cfg.training
+                                       .model_copy(update={"log_with": "none"})}))
+        est = estimate(self.cfg, plan, accelerator) if self.estimate else None
+        return {"summary": self.report["summary"] if self.report else None,
+                "choices": [{"field": f, "value": v, "reason": why}
+                            for f, v, why in self.choices or []], "estimate": est}
+
     def show_plan(self, plan: Plan, accelerator) -> None:
         """The data's summary, the plan's choices and the estimated wall time, in one block."""
         if self.report:

@@ -1,0 +1,1 @@
+"""``udiff studio``: train, watch, compare and serve from one page (FastAPI only in ``app``)."""
