@@ -94,6 +94,17 @@ def check(values: Any) -> dict[str, Any]:
     for name in given:
         if name not in FLAGS:
             raise ApiError(422, "unknown_field", f"{name}: not a field of the form", name)
+    offered = {f["name"]: f for f in fields()}
+    # the installed components, as the form offers them (a backbone before its presets)
+    for name in sorted(given, key=lambda n: "choices_by" in offered[n]):
+        f, value = offered[name], given[name]
+        choices = f.get("choices")
+        if f.get("choices_by"):
+            owner = given.get(f["choices_by"], offered[f["choices_by"]]["default"])
+            choices = choices.get(owner, [])
+        if choices is not None and value not in choices:
+            raise ApiError(422, "invalid_value", f"{name}: {value!r} is not one of "
+                           f"{', '.join(map(str, choices))}", name)
     try:
         TrainConfig(**nested(given))
     except ValidationError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from importlib import resources
 
 from ..errors import UdiffError
@@ -52,6 +53,10 @@ def studio(root: str, host: str, port: int, keys_file: str | None, device: str) 
     on_signals(service, server, GRACE)
     state.jobs.start()
     http.start()
+    for _ in range(600):  # say the address once it answers (a test or a script goes there)
+        if server.started or not http.is_alive():
+            break
+        time.sleep(0.05)
     print(f"udiff studio: http://{host}:{sock.getsockname()[1]}/ (root {r.root}, device "
           f"{device}{f', {len(keys)} key(s)' if keys else ''})", file=sys.stderr, flush=True)
     service.run()  # the serving worker, until a signal drains it
