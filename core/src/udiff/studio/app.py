@@ -7,10 +7,11 @@ are child processes (:mod:`.jobs`); the data report and serving a finished run r
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 
-from ..errors import UdiffError
 from ..run.layout import RUN_FILE
 from ..serve.schema import ApiError
 from . import form
@@ -19,11 +20,22 @@ from .studio import Studio
 PNG = {"media_type": "image/png", "headers": {"Cache-Control": "no-cache"}}
 
 
-def admin(request: Request, studio: Studio) -> None:
-    key = request.state.key
-    if studio.service.keys is not None and not (key and key.admin):
-        raise ApiError(403, "forbidden", "the studio needs an admin key (admin = true in the "
-                       "keys file)", "Authorization")
+def admin(studio: Studio):
+    """The dependency of every studio route: with keys, an admin key."""
+    def check(request: Request) -> None:
+        key = request.state.key
+        if studio.service.keys is not None and not (key and key.admin):
+            raise ApiError(403, "forbidden", "the studio needs an admin key (admin = true in the "
+                           "keys file)", "Authorization")
+    return check
+
+
+def picture(folder: Path, path: str, root, what: str) -> FileResponse:
+    """A PNG below ``folder`` (confined to it) or a 404 naming ``path``."""
+    found = root.file(folder, path, "path")
+    if found.suffix != ".png" or not found.is_file():
+        raise ApiError(404, "not_found", f"path: {path!r} is not a picture of {what}", "path")
+    return FileResponse(found, **PNG)
 
 
 async def body(request: Request) -> dict:
@@ -38,113 +50,86 @@ async def body(request: Request) -> dict:
 
 def add_routes(app: FastAPI, studio: Studio) -> None:
     root = studio.root
+    router = APIRouter(dependencies=[Depends(admin(studio))], include_in_schema=False)
 
-    @app.get("/studio/state", include_in_schema=False)
-    def state(request: Request):
-        admin(request, studio)
+    @router.get("/studio/state")
+    def state():
         return studio.state()
 
     # -- Data ------------------------------------------------------------------------------
-    @app.get("/studio/data/{name}", include_in_schema=False)
-    def data_report(name: str, request: Request):
-        admin(request, studio)
+    @router.get("/studio/data/{name}")
+    def data_report(name: str):
         return studio.report(root.named(root.data, name, "data"))
 
-    @app.get("/studio/data/{name}/sheet.png", include_in_schema=False)
-    def data_sheet(name: str, request: Request):
-        admin(request, studio)
+    @router.get("/studio/data/{name}/sheet.png")
+    def data_sheet(name: str):
         return Response(studio.sheet(root.named(root.data, name, "data")), **PNG)
 
     # -- Train and Watch -------------------------------------------------------------------
-    @app.get("/studio/form", include_in_schema=False)
-    def train_form(request: Request):
-        admin(request, studio)
+    @router.get("/studio/form")
+    def train_form():
         return {"fields": form.fields(), "device": studio.device}
 
-    @app.post("/studio/plan", include_in_schema=False)
+    @router.post("/studio/plan")
     async def plan(request: Request):
-        admin(request, studio)
         given = await body(request)
         return await studio.in_thread(studio.plan, given)
 
-    @app.post("/studio/runs", include_in_schema=False, status_code=202)
+    @router.post("/studio/runs", status_code=202)
     async def start(request: Request):
-        admin(request, studio)
         return studio.start(await body(request))
 
-    @app.get("/studio/runs/{name}", include_in_schema=False)
-    def watch(name: str, request: Request, since: int = 0):
-        admin(request, studio)
+    @router.get("/studio/runs/{name}")
+    def watch(name: str, since: int = 0):
         return studio.watch(root.named(root.runs, name, "name"), since)
 
-    @app.get("/studio/runs/{name}/files/{path:path}", include_in_schema=False)
-    def run_file(name: str, path: str, request: Request):
-        admin(request, studio)
-        run = root.named(root.runs, name, "name")
-        found = root.file(run, path, "path")
-        if found.suffix != ".png" or not found.is_file():
-            raise ApiError(404, "not_found", f"path: {path!r} is not a picture of run {name!r}",
-                           "path")
-        return FileResponse(found, **PNG)
+    @router.get("/studio/runs/{name}/files/{path:path}")
+    def run_file(name: str, path: str):
+        return picture(root.named(root.runs, name, "name"), path, root, f"run {name!r}")
 
-    @app.delete("/studio/runs/{name}", include_in_schema=False)
-    def cancel(name: str, request: Request):
-        admin(request, studio)
+    @router.delete("/studio/runs/{name}")
+    def cancel(name: str):
         root.named(root.runs, name, "name")
         return studio.jobs.cancel("train", name).view()
 
-    @app.post("/studio/runs/{name}/resume", include_in_schema=False, status_code=202)
-    def resume(name: str, request: Request):
-        admin(request, studio)
+    @router.post("/studio/runs/{name}/resume", status_code=202)
+    def resume(name: str):
         return studio.resume(root.named(root.runs, name, "name"))
 
     # -- Use -------------------------------------------------------------------------------
-    @app.post("/studio/runs/{name}/serve", include_in_schema=False)
-    async def serve(name: str, request: Request):
-        admin(request, studio)
+    @router.post("/studio/runs/{name}/serve")
+    async def serve(name: str):
         run = root.named(root.runs, name, "name")
         if not (run / RUN_FILE).is_file():
             raise ApiError(409, "not_finished", f"name: run {name!r} has not finished", "name")
         return await studio.in_thread(studio.serve, run)
 
-    @app.post("/studio/runs/{name}/distill", include_in_schema=False, status_code=202)
+    @router.post("/studio/runs/{name}/distill", status_code=202)
     async def distill(name: str, request: Request):
-        admin(request, studio)
         return studio.distill(root.named(root.runs, name, "name"), await body(request))
 
-    @app.post("/studio/runs/{name}/export", include_in_schema=False, status_code=202)
-    def export(name: str, request: Request):
-        admin(request, studio)
+    @router.post("/studio/runs/{name}/export", status_code=202)
+    def export(name: str):
         return studio.export(root.named(root.runs, name, "name"))
 
     # -- Compare ---------------------------------------------------------------------------
-    @app.post("/studio/compare", include_in_schema=False, status_code=202)
+    @router.post("/studio/compare", status_code=202)
     async def compare(request: Request):
-        admin(request, studio)
         return studio.compare(await body(request))
 
-    @app.get("/studio/compare/{name}", include_in_schema=False)
-    def comparison(name: str, request: Request):
-        admin(request, studio)
+    @router.get("/studio/compare/{name}")
+    def comparison(name: str):
         return studio.comparison(root.named(root.compare, name, "name"))
 
-    @app.delete("/studio/compare/{name}", include_in_schema=False)
-    def stop_comparison(name: str, request: Request):
-        admin(request, studio)
+    @router.delete("/studio/compare/{name}")
+    def stop_comparison(name: str):
         root.named(root.compare, name, "name")
         return studio.jobs.cancel("compare", name).view()
 
-    @app.get("/studio/compare/{name}/files/{path:path}", include_in_schema=False)
-    def compare_file(name: str, path: str, request: Request):
-        admin(request, studio)
-        folder = root.named(root.compare, name, "name")
-        found = root.file(folder, path, "path")
-        if found.suffix != ".png" or not found.is_file():
-            raise ApiError(404, "not_found", f"path: {path!r} is not a picture of comparison "
-                           f"{name!r}", "path")
-        return FileResponse(found, **PNG)
+    @router.get("/studio/compare/{name}/files/{path:path}")
+    def compare_file(name: str, path: str):
+        return picture(root.named(root.compare, name, "name"), path, root,
+                       f"comparison {name!r}")
 
+    app.include_router(router)
 
-def user_error(e: UdiffError, field: str) -> ApiError:
-    """A udiff error (a data folder the report refuses, say) as the page's one line."""
-    return ApiError(422, "invalid_value", f"{field}: {e}", field)

@@ -39,15 +39,17 @@ class Root:
     def file(self, folder: Path, relative: str, field: str) -> Path:
         """A file below ``folder`` (a run's validation grid, say): relative, no ``..``, and
         inside ``folder`` after symlinks are followed."""
-        parts = Path(relative).parts
-        if not relative or Path(relative).is_absolute() or ".." in parts:
-            raise ApiError(403, "outside_root", f"{field}: {relative!r} is outside the studio "
-                           "root", field)
+        if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise outside(field, relative)
         path = folder / relative
         self.confined(path, folder, field)
         return path
 
     def confined(self, path: Path, folder: Path, field: str) -> None:
-        if not path.resolve().is_relative_to(folder.resolve()):
-            raise ApiError(403, "outside_root", f"{field}: {path.name!r} leads outside the "
-                           "studio root", field)
+        if not path.resolve().is_relative_to(folder.resolve()):  # symlinks followed
+            raise outside(field, path.name)
+
+
+def outside(field: str, what: str) -> ApiError:
+    return ApiError(403, "outside_root", f"{field}: {what!r} leads outside the studio root",
+                    field)
