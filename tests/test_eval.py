@@ -77,7 +77,7 @@ def test_folder_dataset_with_inception_features(cli, tmp_path):
     assert code == 0, err
     assert [line for line in err.splitlines() if "fewer than 100 images" in line] == [
         "udiff: warning: 3 label(s) have fewer than 100 images: user0 (12), user1 (12), user2 (12);"
-        " samples may copy training images: check `udiff eval`'s memorization (README: "
+        " samples may copy training images: check `udiff eval`'s memorization (docs/evaluation.md, "
         "Memorisation)"]
     weights = inception_file(tmp_path / "inception.pth")
     m = evaluate(cli, run, tmp_path / "m.json", "--inception-weights", weights)

@@ -1,13 +1,14 @@
-"""Every figure the README states comes from a result file (issue 27).
+"""Every figure the README and the docs' pages state comes from a result file (issues 27, 34).
 
-Each README section that states measured figures names its sources in an HTML comment,
-``<!-- figures: benchmarks/results/DIR ... -->`` (invisible on the rendered page). A *figure* is a
-number with a decimal point, or any number with a unit of time or memory (``174 s``, ``12 ms``,
-``840 MB``), outside code, links and dates; a bound (after ``≤``, ``≥``, ``<``, ``>``, "at
-most", "at least") is a target or a limit, not a measurement, and is left out. A figure is held
-by a source when some number in those files, in the same unit or a plain conversion of it
-(×1000, ÷1000, ÷60, ÷10⁶, ÷2²⁰, ×100, ...), rounds to it at the README's precision. Every
-results folder is named with its date and records the machine it ran on."""
+Each section (of README.md and of every page under docs/) that states measured figures names its
+sources in an HTML comment, ``<!-- figures: benchmarks/results/DIR ... -->`` (invisible on the
+rendered page). A *figure* is a number with a decimal point, or any number with a unit of time or
+memory (``174 s``, ``12 ms``, ``840 MB``), outside code, links and dates; a bound (after ``≤``,
+``≥``, ``<``, ``>``, "at most", "at least", "within") is a target or a limit, not a measurement,
+and is left out. A figure is held by a source when some number in those files, in the same unit
+or a plain conversion of it (×1000, ÷1000, ÷60, ÷10⁶, ÷2²⁰, ×100, ...), rounds to it at the
+page's precision. Every results folder is named with its date and records the machine it ran
+on."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ SOURCES = re.compile(r"<!--\s*figures:\s*(.*?)-->", re.S)
 UNIT = r"(?:\s?(?:ms|s|min|minutes|MB|MiB|GB|GiB|KB)\b)"
 FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+(?=" + UNIT + r"))(?![\w.]*\.\d)"
                     r"(?:\s?(ms|s|min|minutes|MB|MiB|GB|GiB|KB|%)(?![\w]))?")
-BOUND = re.compile(r"(?:≤|≥|<|>|at most|at least)\s*$")
+BOUND = re.compile(r"(?:≤|≥|<|>|at most|at least|within)\s*$")
 # The conversions a figure may be of a held number, by the figure's unit: a time (held in s or
 # ms), a size (held in bytes or MB), a share (held as a fraction), else a plain number (the same,
 # ×1e3 as KID is shown, or millions/billions as parameters and MACs are).
@@ -79,9 +80,13 @@ def held(figure: str, numbers: set[float]) -> bool:
     return any(abs(h * s - value) <= tol for h in numbers for s in SCALES[unit])
 
 
-def test_every_readme_figure_is_held_by_a_result_file_of_its_section():
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_figure_is_held_by_a_result_file_of_its_section(page):
     unsourced = []
-    for heading, body in sections((ROOT / "README.md").read_text()):
+    for heading, body in sections(page.read_text()):
         found = figures(body)
         declared = [p for m in SOURCES.finditer(body) for p in m.group(1).split()]
         for p in declared:

@@ -244,6 +244,20 @@ def test_the_whole_flow_through_the_page(tmp_path):
                                    "document.querySelector('#use-image').naturalWidth > 16",
                                    timeout=120_000)
             shot("use")
+            page.click("#use-export")  # one action each: export, distill
+            page.wait_for_function("document.querySelector('#message').textContent"
+                                   ".startsWith('exporting r1')")
+            deadline = time.time() + 120
+            while not (root / "exports" / "r1" / "vae" / "config.json").is_file():
+                assert time.time() < deadline
+                time.sleep(0.5)
+            page.click("#use-distill")
+            page.wait_for_function("document.querySelector('#message').textContent"
+                                   ".startsWith('distilling into r1-4step')")
+            job = json.loads((root / ".studio" / "jobs" / "train-r1-4step.json").read_text())
+            assert job["argv"][:4] == ["distill", str((root / "runs" / "r1").resolve()),
+                                       "--steps", "4"]
+            assert s.call("DELETE", "/studio/runs/r1-4step")[0] == 200  # its CPU, back
 
             # Compare: two backbones started from the page
             page.click("#tabs [data-tab=compare]")
@@ -267,5 +281,43 @@ def test_the_whole_flow_through_the_page(tmp_path):
         status, _, state = s.call("GET", "/studio/state")
         run = next(r for r in state["runs"] if r["name"] == "r1")
         assert status == 200 and run["state"] == "finished" and len(run["grids"]) == 4
+    finally:
+        s.stop()
+
+
+def wait_for(studio: Studio, name: str, check, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        status, _, view = studio.call("GET", f"/studio/runs/{name}")
+        if status == 200 and check(view):
+            return view
+        assert time.time() < deadline, view
+        time.sleep(0.5)
+
+
+@pytest.mark.acceptance  # ~40 s: two runs, a studio restarted under a running one
+def test_a_restarted_studio_finds_its_running_run_and_the_queue_waits_for_it(tmp_path):
+    root = tmp_path / "root"
+    write_folder(root / "data" / "users", labels=3, per_label=6)
+    long = {"name": "long", "data": "users", "values": {**RUN, "training.max_steps": 5000,
+                                                        "training.checkpoint_every": 50}}
+    s = Studio(root)
+    try:
+        assert s.call("POST", "/studio/runs", long)[0] == 202
+        wait_for(s, "long", lambda v: (v["progress"] or {}).get("stage", "").startswith(
+            "stage 2") and v["progress"]["step"] > 60)
+        s.stop(children=False)  # the run goes on without the studio
+        s = Studio(root)
+        view = wait_for(s, "long", lambda v: True)
+        assert view["state"] == "running", view
+        status, _, job = s.call("POST", "/studio/runs", long | {"name": "next"})
+        assert status == 202 and job["status"] == "queued"  # one run per device
+        assert wait_for(s, "next", lambda v: True)["queue_position"] == 1
+        assert s.call("DELETE", "/studio/runs/long")[0] == 200
+        view = wait_for(s, "long", lambda v: v["state"] == "stopped", 120)
+        assert view["resumable"] and view["returncode"] is None  # not this studio's child
+        wait_for(s, "next", lambda v: v["state"] == "running", 60)  # the queue moved on
+        assert s.call("DELETE", "/studio/runs/next")[0] == 200
+        wait_for(s, "next", lambda v: v["state"] in ("stopped", "incomplete"), 120)
     finally:
         s.stop()

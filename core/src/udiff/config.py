@@ -168,7 +168,7 @@ class SamplingConfig(Strict):
                                     "(Lin et al. 2024); 0 = off.")
 
 
-# `udiff distill`: student training measured on the demo models (README, "Few-step sampling"):
+# `udiff distill`: student training measured on the demo models (docs/distillation.md, "Few-step sampling"):
 # 400 steps at lr 5e-4 on 1024 teacher pairs keep distillation under the teacher's training.
 DISTILL_TRAINING: dict[str, Any] = {"max_steps": 400, "lr": 5e-4, "warmup_steps": 0}
 

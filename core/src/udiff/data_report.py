@@ -19,7 +19,7 @@ from .data import MAX_PIXELS, empty_label, extensions, label_folders, no_images
 from .errors import UdiffError
 
 # Below this many images a label's samples risk being near-copies of its training images: 5 per
-# label trained long gives mostly copies, the digits (~180 per label) none (README: Memorisation).
+# label trained long gives mostly copies, the digits (~180 per label) none (docs/evaluation.md: Memorisation).
 FEW_IMAGES = 100
 CROP_CUT = 0.25  # center-cropping a w x h image to a square drops 1 - min/max of it
 # imagehash's pHash on a 16x16 DCT (256 bits): a resized, re-encoded JPEG copy differs by <= 10

@@ -11,14 +11,14 @@ from ..run.files import prepare_out, write_json
 NAME = "demo"
 HELP = "train, sample and evaluate on the embedded digits"
 
-# Sized so every backbone's demo fits the 300 s budget on 2 cores (README: measured figures).
+# Sized so every backbone's demo fits the 300 s budget on 2 cores (docs/benchmarks.md: Measured).
 DEMO = {
     "data": {"source": "digits", "image_size": 16},
     "autoencoder": {"name": "kl", "preset": "tiny"},
-    # holdout 0: the demo validates nothing and is judged on every image, as measured (README)
+    # holdout 0: the demo validates nothing and is judged on every image, as measured (docs/benchmarks.md)
     "training": {"autoencoder_steps": 300, "max_steps": 800, "batch_size": 48, "lr": 2e-3,
                  "warmup_steps": 50, "ema_decay": 0.995, "holdout": 0.0},
-    # Chosen from `udiff bench guidance` on the three demo models (README: Guidance sweep): CFG 2
+    # Chosen from `udiff bench guidance` on the three demo models (docs/benchmarks.md: Guidance sweep): CFG 2
     # only for t/T in [0.2, 0.8] kept every backbone >= 0.97 accurate at FID <= 9 (CFG 2 on
     # every step: FID 15-23).
     "sampling": {"steps": 20, "guidance": 2.0, "guidance_interval": (0.2, 0.8)},
@@ -26,10 +26,10 @@ DEMO = {
 PER_LABEL = 30  # samples per label scored by `udiff eval`
 # One objective for every backbone's demo: rectified flow. With noise prediction (min-SNR-5, CFG
 # 6) the UNet and DiT followed the label but scored FID 150-364; trained with flow, every
-# backbone scores FID <= 30 (README: Measured, the guidance sweep).
+# backbone scores FID <= 30 (docs/benchmarks.md: Measured, Guidance sweep).
 OBJECTIVE = "flow"
 # Training options per objective family: min-SNR-5 took the UNet demo from 0.947 to 0.983 label
-# accuracy at the same steps (README).
+# accuracy at the same steps (docs/benchmarks.md).
 QUALITY: dict[str, dict] = {"noise": {"snr_gamma": 5.0}}
 
 

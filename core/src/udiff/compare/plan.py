@@ -26,7 +26,7 @@ CONFIGS = "configs"
 COMMANDS = "commands.txt"
 AUTOENCODER = "autoencoder"
 MATCHED = "bench"  # the built-ins' presets of matched size (the benchmark harness's)
-OBJECTIVE = "flow"  # every built-in's default objective (README, "Defaults from measurement")
+OBJECTIVE = "flow"  # every built-in's default objective (docs/your-data.md, "Defaults from measurement")
 MIN_STEPS = 50  # one validation interval (training.planning's shortest)
 SPLIT_SEED = 0
 

@@ -11,7 +11,7 @@ from typing import Any
 from ..config import DistillConfig, TrainConfig
 from ..plugins import assembly
 
-# Sampling per objective family, measured (README: "Defaults from measurement"): DPM-Solver++ at
+# Sampling per objective family, measured (docs/your-data.md: "Defaults from measurement"): DPM-Solver++ at
 # CFG 6, 50 steps, for noise prediction; Euler 20 steps for rectified flow, whose velocity
 # guidance collapses diversity when applied on every step -- CFG 1.5 only for t/T in [0.2, 0.8]
 # had the lowest FID with every backbone >= 0.95 accurate on the digits (FID 4.3-5.1) and on the

@@ -88,8 +88,16 @@ class Jobs:
         self.pump()
         return job
 
+    def all(self) -> list[Job]:
+        """Every job, as the loop's thread leaves them (a copy: it adds and reaps)."""
+        with self.lock:
+            return list(self.jobs.values())
+
+    def get(self, kind: str, name: str) -> Job | None:
+        return self.jobs.get(key(kind, name))
+
     def queue(self) -> list[Job]:
-        return sorted((j for j in self.jobs.values() if j.status == "queued"),
+        return sorted((j for j in list(self.jobs.values()) if j.status == "queued"),
                       key=lambda j: j.submitted)
 
     def position(self, job: Job) -> int | None:

@@ -39,24 +39,25 @@ class Studio:
         r = self.root
         data = [{"name": p.name, "labels": sum(1 for q in p.iterdir() if q.is_dir())}
                 for p in sorted(r.data.iterdir()) if p.is_dir()]
+        jobs = self.jobs.all()
         names = {p.name for p in r.runs.iterdir() if p.is_dir()} | {
-            j.name for j in self.jobs.jobs.values() if j.kind == "train"}
+            j.name for j in jobs if j.kind == "train"}
         runs = [self.run_view(r.runs / n) for n in sorted(names)]
         compares = sorted({p.name for p in r.compare.iterdir() if p.is_dir()} | {
-            j.name for j in self.jobs.jobs.values() if j.kind == "compare"})
+            j.name for j in jobs if j.kind == "compare"})
         return {"data": data, "runs": runs, "compare": [self.comparison(r.compare / n, brief=True)
                                                         for n in compares],
                 "queue": [j.view() for j in self.jobs.queue()], "served": sorted(
                     self.service.runs), "device": self.device}
 
     def run_view(self, run: Path) -> dict:
-        job = self.jobs.jobs.get(f"train/{run.name}")
+        job = self.jobs.get("train", run.name)
         return describe(run, job, self.jobs.output("train", run.name),
                         job and self.jobs.position(job)) | {"served": run.name in
                                                             self.service.runs}
 
     def watch(self, run: Path, since: int) -> dict:
-        if not run.exists() and f"train/{run.name}" not in self.jobs.jobs:
+        if not run.exists() and self.jobs.get("train", run.name) is None:
             raise ApiError(404, "not_found", f"name: no run {run.name!r}", "name")
         lines = tail(self.jobs.output("train", run.name)).replace("\r", "\n").splitlines()
         return self.run_view(run) | {"since": since, "log": log_rows(run, since),
@@ -119,7 +120,7 @@ class Studio:
         return self.jobs.submit("train", name, argv, self.device).view()
 
     def resume(self, run: Path) -> dict:
-        job = self.jobs.jobs.get(f"train/{run.name}")
+        job = self.jobs.get("train", run.name)
         view = self.run_view(run)
         if job is None or not view["resumable"]:
             raise ApiError(409, "not_resumable", f"name: run {run.name!r} is {view['state']}, "
@@ -189,7 +190,7 @@ class Studio:
         return self.jobs.submit("compare", name, argv, self.device).view()
 
     def comparison(self, folder: Path, brief: bool = False) -> dict:
-        job = self.jobs.jobs.get(f"compare/{folder.name}")
+        job = self.jobs.get("compare", folder.name)
         decision = folder / "decision.json"
         lines = tail(self.jobs.output("compare", folder.name)).replace("\r", "\n").splitlines()
         lines = [x for x in lines if x.strip()]

@@ -14,7 +14,7 @@ The rules:
 - the demo's measured optimizer (lr 2e-3, 50 warm-up steps, EMA 0.995) and preset (small);
 - validation four times and at the end, 8 samples per label, on the held-out 10%.
 The objective and sampling are the backbone's defaults (rectified flow, Euler 20, CFG 1.5 in
-[0.2, 0.8]: README, "Defaults from measurement")."""
+[0.2, 0.8]: docs/your-data.md, "Defaults from measurement")."""
 
 from __future__ import annotations
 

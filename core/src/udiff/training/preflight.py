@@ -136,7 +136,7 @@ def warn_few_images(data: datasets.LabelledImages) -> None:
         more = f" and {len(few) - 5} more" if len(few) > 5 else ""
         say(f"warning: {len(few)} label(s) have fewer than {FEW_IMAGES} images: "
             f"{', '.join(few[:5])}{more}; samples may copy training images: check `udiff eval`'s "
-            "memorization (README: Memorisation)")
+            "memorization (docs/evaluation.md, Memorisation)")
 
 
 def read_pretrained(cfg: TrainConfig, plan: Plan) -> None:
