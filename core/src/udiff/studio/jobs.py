@@ -36,6 +36,7 @@ class Job:
     submitted: float = field(default_factory=time.time)
     started: float | None = None
     ended: float | None = None
+    cancelled: bool = False  # by the page: its exit is no failure
 
     def view(self) -> dict:
         return asdict(self)
@@ -82,7 +83,7 @@ class Jobs:
             old = self.jobs.get(key(kind, name))
             if old is not None and old.status in ("queued", "running", "stopping"):
                 raise ApiError(409, "busy", f"name: {name!r} is already {old.status}", "name")
-            job = Job(name, kind, argv, device)
+            job = Job(name, kind, argv, device)  # a resumed run: a new job, not cancelled
             self.jobs[key(kind, name)] = job
             self.save(job)
         self.pump()
@@ -134,6 +135,8 @@ class Jobs:
                                     stdout=sink, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     cwd=self.root.root)
+        print(f"udiff studio: started {job.kind} {job.name} (pid {proc.pid})", file=sys.stderr,
+              flush=True)
         self.procs[key(job.kind, job.name)] = proc
         job.status, job.pid, job.started = "running", proc.pid, time.time()
         job.returncode = job.ended = None
@@ -146,9 +149,12 @@ class Jobs:
             if job is None or job.status not in ("queued", "running"):
                 state = "not found" if job is None else job.status
                 raise ApiError(409, "not_running", f"name: {name!r} is {state}", "name")
+            job.cancelled = True
             if job.status == "queued":
                 job.status, job.ended, job.returncode = "exited", time.time(), None
             else:
+                print(f"udiff studio: cancel {job.kind} {name} (SIGTERM to process group "
+                      f"{job.pid})", file=sys.stderr, flush=True)
                 try:
                     os.killpg(job.pid, signal.SIGTERM)
                 except ProcessLookupError:

@@ -88,6 +88,8 @@ def state(run: Path, job: Job | None) -> str:
         return "finished"
     if any((run / CHECKPOINTS).glob(f"*/{MARKER}")):
         return "stopped"  # resumable
+    if job is not None and job.cancelled:
+        return "cancelled"  # before its first checkpoint (SIGTERM during start-up kills it)
     if job is not None and job.returncode not in (None, 0):
         return "failed"
     return "empty" if not run.exists() else "incomplete"
