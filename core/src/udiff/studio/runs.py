@@ -28,11 +28,14 @@ def seconds(clock: str) -> float | None:
     return total
 
 
-def tail(path: Path) -> str:
+NEAR = 16 * 1024  # where the newest bar nearly always is: read first (a poll stays cheap)
+
+
+def tail(path: Path, size: int = TAIL) -> str:
     if not path.is_file():
         return ""
     with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - TAIL))
+        f.seek(max(0, path.stat().st_size - size))
         return f.read().decode(errors="replace")
 
 
@@ -95,12 +98,20 @@ def state(run: Path, job: Job | None) -> str:
     return "empty" if not run.exists() else "incomplete"
 
 
+def rows(run: Path) -> int:
+    """How many rows the log holds (counted, not parsed: every poll asks)."""
+    path = run / LOG
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
 def describe(run: Path, job: Job | None, output: Path, position: int | None) -> dict:
-    out = tail(output)
+    out = tail(output, NEAR)
     s = state(run, job)
+    bar = None
+    if s in ("running", "stopping"):
+        bar = progress(out) or progress(tail(output))
     return {"name": run.name, "state": s, "queue_position": position,
-            "steps": steps(run), "progress": progress(out) if s in ("running", "stopping")
-            else None, "grids": grids(run), "rows": len(log_rows(run)),
+            "steps": steps(run), "progress": bar, "grids": grids(run), "rows": rows(run),
             "error": error_line(out) if s == "failed" else None,
             "returncode": job.returncode if job else None,
             "resumable": s == "stopped"}

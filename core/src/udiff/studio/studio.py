@@ -17,7 +17,7 @@ from ..serve.schema import ApiError
 from . import form
 from .jobs import Jobs
 from .paths import Root
-from .runs import describe, log_rows, tail
+from .runs import NEAR, describe, log_rows, tail
 
 PLAN_SECONDS = 600  # the plan's timed probe of a big preset on CPU
 COMPARE_BACKBONES = (2, 6)
@@ -59,7 +59,7 @@ class Studio:
     def watch(self, run: Path, since: int) -> dict:
         if not run.exists() and self.jobs.get("train", run.name) is None:
             raise ApiError(404, "not_found", f"name: no run {run.name!r}", "name")
-        lines = tail(self.jobs.output("train", run.name)).replace("\r", "\n").splitlines()
+        lines = tail(self.jobs.output("train", run.name), NEAR).replace("\r", "\n").splitlines()
         return self.run_view(run) | {"since": since, "log": log_rows(run, since),
                                      "output": [x for x in lines if x.strip()][-12:]}
 
