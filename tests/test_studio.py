@@ -156,6 +156,11 @@ def test_with_keys_the_studio_needs_an_admin_key(tmp_path, cli):
         assert s.call("GET", f"/?token={admin}")[0] == 200  # the page, opened from a link
     cli.fails("studio", "--root", str(root), "--host", "0.0.0.0", "--port", "0",
               match="give --keys-file with an admin key")
+    cli.fails("studio", "--root", str(root), "--port", "70000", match="--port 70000: must be")
+    cli.fails("studio", "--root", str(root), "--device", "tpu", match="--device tpu: auto, cpu")
+    (tmp_path / "file").write_text("")
+    cli.fails("studio", "--root", str(tmp_path / "file"), "--port", "0",
+              match="exists and is not a directory")
 
 
 @pytest.mark.acceptance  # ~2 minutes: a tiny run, its resume, a served run, a comparison started

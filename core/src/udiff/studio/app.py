@@ -12,7 +12,6 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 
-from ..run.layout import RUN_FILE
 from ..serve.schema import ApiError
 from . import form
 from .studio import Studio
@@ -99,10 +98,7 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     # -- Use -------------------------------------------------------------------------------
     @router.post("/studio/runs/{name}/serve")
     async def serve(name: str):
-        run = root.named(root.runs, name, "name")
-        if not (run / RUN_FILE).is_file():
-            raise ApiError(409, "not_finished", f"name: run {name!r} has not finished", "name")
-        return await studio.in_thread(studio.serve, run)
+        return await studio.in_thread(studio.serve, root.named(root.runs, name, "name"))
 
     @router.post("/studio/runs/{name}/distill", status_code=202)
     async def distill(name: str, request: Request):

@@ -14,8 +14,9 @@ from .jobs import Job
 
 # tqdm's line: "stage 2: denoiser ...:  40%|####      | 40/100 [00:10<00:15,  3.9it/s]"
 BAR = re.compile(r"(stage \d: \w+)[^|\r\n]*?(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
-TAIL = 256 * 1024  # bytes of a child's output read for its progress and error line (validation
+# bytes of a child's output searched for its progress bar when its end holds none (validation
 # prints bars of its own: the last stage bar can be tens of KB back)
+TAIL = 256 * 1024
 
 
 def seconds(clock: str) -> float | None:
@@ -49,9 +50,9 @@ def progress(output: str) -> dict | None:
             "elapsed_s": seconds(m.group(5)), "left_s": seconds(m.group(6))}
 
 
-def error_line(output: str) -> str | None:
-    lines = [x.strip() for x in re.split(r"[\r\n]", output) if x.strip()]
-    return lines[-1] if lines else None
+def last_lines(output: Path, count: int) -> list[str]:
+    """The child's last ``count`` non-empty lines (a progress bar's redraws are lines too)."""
+    return [x.strip() for x in re.split(r"[\r\n]", tail(output, NEAR)) if x.strip()][-count:]
 
 
 def log_rows(run: Path, since: int = 0) -> list[dict]:
@@ -105,13 +106,12 @@ def rows(run: Path) -> int:
 
 
 def describe(run: Path, job: Job | None, output: Path, position: int | None) -> dict:
-    out = tail(output, NEAR)
     s = state(run, job)
     bar = None
     if s in ("running", "stopping"):
-        bar = progress(out) or progress(tail(output))
+        bar = progress(tail(output, NEAR)) or progress(tail(output))
     return {"name": run.name, "state": s, "queue_position": position,
             "steps": steps(run), "progress": bar, "grids": grids(run), "rows": rows(run),
-            "error": error_line(out) if s == "failed" else None,
+            "error": (last_lines(output, 1) or [None])[0] if s == "failed" else None,
             "returncode": job.returncode if job else None,
             "resumable": s == "stopped"}

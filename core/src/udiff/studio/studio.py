@@ -17,10 +17,11 @@ from ..serve.schema import ApiError
 from . import form
 from .jobs import Jobs
 from .paths import Root
-from .runs import NEAR, describe, log_rows, tail
+from .runs import describe, last_lines, log_rows
 
 PLAN_SECONDS = 600  # the plan's timed probe of a big preset on CPU
 COMPARE_BACKBONES = (2, 6)
+OUTPUT_LINES = 12  # of a child's output on the page
 
 
 class Studio:
@@ -59,9 +60,9 @@ class Studio:
     def watch(self, run: Path, since: int) -> dict:
         if not run.exists() and self.jobs.get("train", run.name) is None:
             raise ApiError(404, "not_found", f"name: no run {run.name!r}", "name")
-        lines = tail(self.jobs.output("train", run.name), NEAR).replace("\r", "\n").splitlines()
         return self.run_view(run) | {"since": since, "log": log_rows(run, since),
-                                     "output": [x for x in lines if x.strip()][-12:]}
+                                     "output": last_lines(self.jobs.output("train", run.name),
+                                                          OUTPUT_LINES)}
 
     # -- Data ------------------------------------------------------------------------------
     def report(self, folder: Path) -> dict:
@@ -133,6 +134,7 @@ class Studio:
         """Load a finished run into the server (once); its keys are resolved again."""
         from ..serve.runs import load
 
+        finished(run)
         if run.name not in self.service.runs:
             loaded = load([run], self.device, self.service.limits)
             self.service.runs.update(loaded)
@@ -144,9 +146,7 @@ class Studio:
         steps = given.get("steps", 4)
         if type(steps) is not int or not 1 <= steps <= 8:
             raise ApiError(422, "invalid_value", "steps: a whole number from 1 to 8", "steps")
-        if not (run / RUN_FILE).is_file():
-            raise ApiError(409, "not_finished", f"name: run {run.name!r} has not finished",
-                           "name")
+        finished(run)
         name = f"{run.name}-{steps}step"
         student = self.root.named(self.root.runs, name, "name")
         if student.exists():
@@ -155,9 +155,7 @@ class Studio:
                                                 "--out", str(student)], self.device).view()
 
     def export(self, run: Path) -> dict:
-        if not (run / RUN_FILE).is_file():
-            raise ApiError(409, "not_finished", f"name: run {run.name!r} has not finished",
-                           "name")
+        finished(run)
         out = self.root.named(self.root.exports, run.name, "name")
         lora = json.loads((run / "denoiser" / "config.json").read_text()).get("lora")
         argv = ["export", str(run), "--out", str(out), "--overwrite",
@@ -191,13 +189,11 @@ class Studio:
 
     def comparison(self, folder: Path, brief: bool = False) -> dict:
         job = self.jobs.get("compare", folder.name)
-        decision = folder / "decision.json"
-        lines = tail(self.jobs.output("compare", folder.name)).replace("\r", "\n").splitlines()
-        lines = [x for x in lines if x.strip()]
-        failed = job is not None and job.returncode not in (None, 0)
+        decision, output = folder / "decision.json", self.jobs.output("compare", folder.name)
+        failed = job is not None and job.returncode not in (None, 0) and not job.cancelled
         out = {"name": folder.name, "status": job.status if job else "found",
-               "returncode": job.returncode if job else None,
-               "finished": decision.is_file(), "error": lines[-1] if failed and lines else None}
+               "returncode": job.returncode if job else None, "finished": decision.is_file(),
+               "error": (last_lines(output, 1) or [None])[0] if failed else None}
         if brief:
             return out
         pictures = [p.relative_to(folder).as_posix() for p in
@@ -206,7 +202,12 @@ class Studio:
         table = folder / "decision.md"
         return out | {"decision": json.loads(decision.read_text()) if decision.is_file() else
                       None, "table": table.read_text() if table.is_file() else None,
-                      "pictures": pictures, "output": lines[-12:]}
+                      "pictures": pictures, "output": last_lines(output, OUTPUT_LINES)}
+
+
+def finished(run: Path) -> None:
+    if not (run / RUN_FILE).is_file():
+        raise ApiError(409, "not_finished", f"name: run {run.name!r} has not finished", "name")
 
 
 def refused(stderr: str) -> ApiError:
