@@ -4,11 +4,13 @@ Under CI (``CI=true``) every skip but "no CUDA device" fails the run (issue 27).
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import docblocks
 import numpy as np
 import pytest
 from PIL import Image
@@ -62,12 +64,13 @@ def install_plugin(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
 
-    def install(dist: str, module: str, source: str, version: str = "0.1.0") -> Path:
+    def install(dist: str, module: str, source: str, version: str = "0.1.0",
+                entry: str | None = None) -> Path:
         (site / f"{module}.py").write_text(textwrap.dedent(source))
         info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[udiff]\n{module} = {module}\n")
+        (info / "entry_points.txt").write_text(f"[udiff]\n{entry or module} = {module}\n")
         sys.modules.pop(module, None)
         plugins.reset()
         return site
@@ -75,23 +78,37 @@ def install_plugin(tmp_path, monkeypatch):
     return install
 
 
-def run_udiff(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_udiff(*argv: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """The real console entry point in a fresh process."""
     return subprocess.run([sys.executable, "-m", "udiff", *map(str, argv)], capture_output=True,
-                          text=True, env=env, timeout=600)
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+def readme_demo() -> list[str]:
+    """The README's demo command after its install (docs/index.md's first block):
+    ``udiff demo --out demo-run``, as argv without ``udiff``."""
+    first = docblocks.blocks("index.md")[0].body
+    command = shlex.split(first.split("&&")[-1])
+    assert command[:2] == ["udiff", "demo"], first
+    return command[1:]
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """``demo(backbone)``: `udiff demo --backbone B` run once per session, in a fresh process
-    -> (its CompletedProcess, its --out folder). The demo test and the distillation test share
-    the UNet's (a demo is ~3 minutes of .ci/run)."""
+    """``demo(backbone)``: the README's demo command (``--backbone B`` added for dit and flux)
+    run once per session, in a fresh process and a folder of its own -> (its CompletedProcess,
+    its --out folder). The demo test and the distillation test share the UNet's (a demo is ~3
+    minutes of .ci/run)."""
     done: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
 
     def get(backbone: str):
         if backbone not in done:
-            out = tmp_path_factory.mktemp(f"demo-{backbone}") / "demo-run"
-            done[backbone] = run_udiff("demo", "--backbone", backbone, "--out", out), out
+            argv = readme_demo()
+            if backbone != "unet":  # the demo's default
+                argv[1:1] = ["--backbone", backbone]
+            cwd = tmp_path_factory.mktemp(f"demo-{backbone}")
+            out = cwd / argv[argv.index("--out") + 1]
+            done[backbone] = run_udiff(*argv, cwd=cwd), out
         return done[backbone]
     return get
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -182,10 +183,15 @@ def test_sample_compile_matches_eager(cli, tiny_run, tmp_path):
 
 @pytest.mark.acceptance
 def test_udiff_bench_quick_end_to_end(tmp_path):
+    import docblocks
+
     from conftest import run_udiff
 
-    out = tmp_path / "bench"
-    proc = run_udiff("bench", "perf", "--quick", "--strict", "--out", out)  # exit 2 outside a bound
+    command, = [b.body for b in docblocks.blocks("benchmarks.md") if b.by == "tests/test_bench.py"]
+    argv = shlex.split(command.partition("#")[0])  # the page's command, exit 2 outside a bound
+    assert argv[:3] == ["udiff", "bench", "perf"] and "--strict" in argv, argv
+    proc = run_udiff(*argv[1:], cwd=tmp_path)
+    out = tmp_path / argv[argv.index("--out") + 1]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"bench.json", "report.md", "report.png",
                                                 "ratios.json"}

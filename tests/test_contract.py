@@ -5,18 +5,16 @@ backbone that does not learn."""
 from __future__ import annotations
 
 import json
-import re
 import textwrap
-from pathlib import Path
 
 import pytest
+from test_backbone_doc import documented_source
 
 from conftest import TINY
 from udiff import plugins
 from udiff.testing import check_denoiser
 
-DOC = Path(__file__).parents[1] / "docs" / "writing-a-backbone.md"
-CONVNET = re.search(r"<!-- backbone:start -->\s*```python\n(.*?)```", DOC.read_text(), re.S)[1]
+CONVNET = documented_source()
 
 
 def variant(name: str, *edits: tuple[str, str]) -> str:
