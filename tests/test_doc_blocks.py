@@ -31,12 +31,18 @@ def test_every_block_is_marked_run_or_says_why_not():
                          ids=lambda b: b.where)
 def test_a_block_run_elsewhere_is_held_by_that_file(block):
     """``run by .ci/run``: each ``&&`` part of the block is one of that file's lines; ``run by
-    tests/x.py``: that test reads the block from its page."""
-    held = (docblocks.ROOT / block.by).read_text()
+    PAGE.md``: each command is one of that page's runnable commands; ``run by tests/x.py``: that
+    test reads the block from its page."""
     if block.by.startswith("tests/"):
+        held = (docblocks.ROOT / block.by).read_text()
         assert block.page in held, f"{block.by} does not read docs/{block.page}"
         return
-    lines = {x.strip() for x in held.splitlines()}
+    if block.by.endswith(".md"):
+        held = [x for b in docblocks.blocks(block.by.removeprefix("docs/")) if b.tier
+                for x in docblocks.logical_lines(b.body)]
+    else:
+        held = (docblocks.ROOT / block.by).read_text().splitlines()
+    lines = {x.partition(" #")[0].strip() for x in held}
     for line in docblocks.logical_lines(block.body):
         for part in line.partition(" #")[0].split("&&"):
             assert part.strip() in lines, f"{block.where}: {part.strip()!r} is not in {block.by}"
