@@ -3,6 +3,7 @@ and estimates for the target GPU (:mod:`udiff.bench.footprint`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -88,10 +89,18 @@ def target_case(backbone: str, preset: str | None, st: Settings, s: Shape) -> Ca
                    gradient_checkpointing=st.target_checkpointing)
 
 
+@functools.cache
+def estimate(case: Case) -> footprint.Footprint:
+    """``footprint.estimate``, once per case in a process: the target's AdamW case is also the
+    first memory option and, for the arm's own preset, the largest-fitting search's (each is a
+    full training step on fake tensors, ~2 s on CPU)."""
+    return footprint.estimate(case)
+
+
 def at_target(backbone: str, preset: str | None, st: Settings, s: Shape) -> dict:
     """The estimated training peak at the target's size, batch and precision; whether it fits."""
     try:
-        f = footprint.estimate(target_case(backbone, preset, st, s))
+        f = estimate(target_case(backbone, preset, st, s))
     except Exception as e:  # a backbone that cannot run on fake tensors: say so, go on
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     return f.as_dict() | {"fits": f.peak <= st.target_memory}
@@ -118,7 +127,7 @@ def options_at_target(backbone: str, preset: str | None, st: Settings, s: Shape)
     out = {}
     for name, change in OPTIONS.items():
         try:
-            f = footprint.estimate(replace(base, **change))
+            f = estimate(replace(base, **change))
         except Exception as e:  # a backbone without LoRA targets, say: that option is out
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             continue
