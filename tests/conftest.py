@@ -88,7 +88,7 @@ def readme_demo() -> list[str]:
     """The README's demo command after its install (docs/index.md's first block):
     ``udiff demo --out demo-run``, as argv without ``udiff``."""
     first = docblocks.blocks("index.md")[0].body
-    command = shlex.split(first.split("&&")[-1])
+    command = shlex.split(docblocks.commands(first)[-1])
     assert command[:2] == ["udiff", "demo"], first
     return command[1:]
 

@@ -1,9 +1,9 @@
 """The fenced blocks of docs/*.md (README.md is docs/index.md), each marked by the HTML comment on
 the line above it (issue 34):
 
-    <!-- run -->                    run in the suite, in a shared workspace (``workspace()``)
+    <!-- run -->                    run in the suite (tests/test_doc_blocks.py: a folder per page)
     <!-- run: acceptance -->        the same, under ``pytest -m acceptance``
-    <!-- run as FILE -->            a toml/json/python block written to FILE for the blocks after it
+    <!-- run[: acceptance] as FILE --> a toml/json block written to FILE for the blocks after it
     <!-- run by PATH -->            another test (or .ci/run) runs it; PATH must name the page or
                                     hold the block's commands line by line
     <!-- not run: REASON -->        listed by ``not_run()`` (GPU, several machines, hub weights)
@@ -85,6 +85,12 @@ def logical_lines(body: str) -> list[str]:
     return body.replace("\\\n", " ").splitlines()
 
 
+def commands(body: str) -> list[str]:
+    """A shell block's commands: its logical lines without comments, split at ``&&``."""
+    return [part.strip() for line in logical_lines(body)
+            for part in re.split(r"(?:^|\s)#", line)[0].split("&&") if part.strip()]
+
+
 def port_of(text: str, port: int) -> str:
     """The documented port 8000 (``--port 8000``, ``localhost:8000``) -> ``port``."""
     return re.sub(r"(?<=[:= ])8000\b", str(port), text)
@@ -94,7 +100,7 @@ def rewrite(line: str, port: int) -> str:
     """One shell line as the script runs it (see the module's docstring)."""
     line = port_of(line, port)
     line = line.replace("<server pid>", "$SERVER").replace("<pid>", "$SERVER")
-    code, hash_, comment = line.partition(" #")
+    code = line.partition(" #")[0]
     parts = [p.strip() for p in re.split(r"(&&)", code)]
     out = []
     for part in parts:

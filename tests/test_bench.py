@@ -188,7 +188,7 @@ def test_udiff_bench_quick_end_to_end(tmp_path):
     from conftest import run_udiff
 
     command, = [b.body for b in docblocks.blocks("benchmarks.md") if b.by == "tests/test_bench.py"]
-    argv = shlex.split(command.partition("#")[0])  # the page's command, exit 2 outside a bound
+    argv = shlex.split(*docblocks.commands(command))  # the page's; exit 2 outside a bound
     assert argv[:3] == ["udiff", "bench", "perf"] and "--strict" in argv, argv
     proc = run_udiff(*argv[1:], cwd=tmp_path)
     out = tmp_path / argv[argv.index("--out") + 1]

@@ -18,7 +18,9 @@ from conftest import TINY, write_folder
 from udiff import fontset
 from udiff.cli import main
 
-PAGES = sorted({b.page for b in docblocks.every_block() if b.tier})
+
+def pages(tier: str) -> list[str]:
+    return sorted({b.page for b in docblocks.every_block() if b.tier == tier})
 
 
 def test_every_block_is_marked_run_or_says_why_not():
@@ -38,14 +40,12 @@ def test_a_block_run_elsewhere_is_held_by_that_file(block):
         assert block.page in held, f"{block.by} does not read docs/{block.page}"
         return
     if block.by.endswith(".md"):
-        held = [x for b in docblocks.blocks(block.by.removeprefix("docs/")) if b.tier
-                for x in docblocks.logical_lines(b.body)]
+        held = {x for b in docblocks.blocks(block.by.removeprefix("docs/")) if b.tier
+                for x in docblocks.commands(b.body)}
     else:
-        held = (docblocks.ROOT / block.by).read_text().splitlines()
-    lines = {x.partition(" #")[0].strip() for x in held}
-    for line in docblocks.logical_lines(block.body):
-        for part in line.partition(" #")[0].split("&&"):
-            assert part.strip() in lines, f"{block.where}: {part.strip()!r} is not in {block.by}"
+        held = {x.strip() for x in (docblocks.ROOT / block.by).read_text().splitlines()}
+    for command in docblocks.commands(block.body):
+        assert command in held, f"{block.where}: {command!r} is not in {block.by}"
 
 
 def free_port() -> int:
@@ -108,14 +108,12 @@ def run_page(page: str, tier: str, shared: Path, tmp_path: Path) -> None:
     print(proc.stdout[-2000:])
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(
-    b.tier == "suite" for b in docblocks.blocks(p))])
+@pytest.mark.parametrize("page", pages("suite"))
 def test_the_page_runs(page, shared, tmp_path):
     run_page(page, "suite", shared, tmp_path)
 
 
 @pytest.mark.acceptance
-@pytest.mark.parametrize("page", [p for p in PAGES if any(
-    b.tier == "acceptance" for b in docblocks.blocks(p))])
+@pytest.mark.parametrize("page", pages("acceptance"))
 def test_the_page_runs_in_full(page, shared, tmp_path):
     run_page(page, "acceptance", shared, tmp_path)
